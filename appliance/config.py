@@ -1,0 +1,143 @@
+"""The one settings object: /etc/kiln/kiln.toml, then KILN_* environment variables.
+
+Read once by the entry point (CLI, WSGI factory) and passed in; never imported as a global.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from appliance.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/kiln/kiln.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/kiln")
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Settings from a TOML file; sections are flattened (`[dhcp] interfaces` → `dhcp_interfaces`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            raw = tomllib.loads(self.path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.path}: not valid TOML: {exc}", field=str(self.path)) from exc
+        flat: dict[str, Any] = {}
+        for key, value in raw.items():
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    flat[f"{key}_{sub}"] = subvalue
+            else:
+                flat[key] = value
+        return flat
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="forbid", validate_default=True)
+
+    # where state lives; the SQLite database defaults to <state_dir>/kiln.db
+    state_dir: Path = DEFAULT_STATE_DIR
+    database_url: str = ""
+    secret_key: SecretStr = Field(default_factory=lambda: SecretStr(""))
+    # key for BMC credentials at rest (Fernet, urlsafe base64 of 32 bytes); derived from secret_key if empty
+    credential_key: SecretStr = Field(default_factory=lambda: SecretStr(""))
+
+    admin_domain: str = "kiln.lab"
+    # the address nodes use to reach this appliance (boot URLs, DHCP next-server, DNS server option)
+    advertise_address: str = "127.0.0.1"
+    web_bind: str = "127.0.0.1:8080"
+    web_port: int = 8080
+
+    dhcp_interfaces: list[str] = Field(default_factory=list)
+    dhcp_proxy: bool = False
+    dhcp_discovery: bool = True
+    dhcp_lease_seconds: int = 3600
+    dhcp_uefi_loader: str = "ipxe.efi"
+    dhcp_port: int = 67
+
+    tftp_root: Path = Path("/var/lib/kiln/tftp")
+    tftp_bind: str = "0.0.0.0"
+    tftp_port: int = 69
+
+    dns_bind: str = "0.0.0.0"
+    dns_port: int = 53
+    dns_upstreams: list[str] = Field(default_factory=list)
+    dns_allow_recursion_from: list[str] = Field(default_factory=list)
+
+    annealer_workers: int = 8
+    annealer_batch: int = 500
+    annealer_lease_seconds: int = 300
+    annealer_retry_limit: int = 5
+
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    @field_validator("web_port", "dhcp_port", "tftp_port", "dns_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError("must be a port number 0-65535")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("KILN_CONFIG", str(DEFAULT_CONFIG_PATH)))
+        return (init_settings, env_settings, _TomlSource(settings_cls, path))
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'kiln.db'}"
+
+    def effective_secret_key(self) -> str:
+        """The configured secret, or one generated once and kept in the state dir."""
+        value = self.secret_key.get_secret_value()
+        if value:
+            return value
+        path = self.state_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; any problem becomes one ConfigError naming the key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "config"
+        raise ConfigError(f"bad configuration for '{key}': {first['msg']}", field=key) from exc
