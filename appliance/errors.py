@@ -70,3 +70,26 @@ class JigError(KilnError):
         super().__init__(message)
         self.retryable = retryable
         self.log = log
+
+
+class BMCError(KilnError):
+    """A BMC operation failed. `retryable` (a class property) says whether trying again may help."""
+
+    status = 502
+
+
+class BMCAuthError(BMCError):
+    """The BMC refused the credentials: fix the username/password stored for the node."""
+
+
+class BMCUnreachable(BMCError):
+    """No answer from the BMC within the timeout: check its address, cabling and the BMC network."""
+
+    status = 504
+    retryable = True
+
+
+class BMCUnsupported(BMCError):
+    """The BMC (or its driver) cannot do what was asked."""
+
+    status = 501
