@@ -18,6 +18,9 @@ from appliance.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/kiln/kiln.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/kiln")
+# Prometheus ports of the processes a systemd install runs, one per unit (a process running several
+# services, such as `kiln serve`, uses metrics_port instead).
+DEFAULT_METRICS_PORTS = {"web": 9671, "dhcp": 9672, "tftp": 9673, "dns": 9674, "annealer": 9675}
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -84,6 +87,11 @@ class Settings(BaseSettings):
     annealer_lease_seconds: int = 300
     annealer_retry_limit: int = 5
 
+    metrics_enabled: bool = True
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 9670
+    metrics_ports: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+
     log_level: str = "INFO"
 
     @field_validator("log_level")
@@ -93,11 +101,19 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
 
-    @field_validator("web_port", "dhcp_port", "tftp_port", "dns_port")
+    @field_validator("web_port", "dhcp_port", "tftp_port", "dns_port", "metrics_port")
     @classmethod
     def _port(cls, value: int) -> int:
         if not 0 <= value <= 65535:
             raise ValueError("must be a port number 0-65535")
+        return value
+
+    @field_validator("metrics_ports")
+    @classmethod
+    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, port in value.items():
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port of '{name}' must be 0-65535")
         return value
 
     @classmethod

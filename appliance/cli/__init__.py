@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from appliance.cli import db, users  # noqa: F401  (registers commands)
+from appliance.cli import (  # noqa: F401  (registers commands)
+    db,
+    serve,
+    users,
+)
 from appliance.cli.base import main
 
 __all__ = ["annealer_main", "main"]
