@@ -5,14 +5,21 @@ Read once by the entry point (CLI, WSGI factory) and passed in; never imported a
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from appliance.errors import ConfigError
 
@@ -66,7 +73,7 @@ class Settings(BaseSettings):
     web_bind: str = "127.0.0.1:8080"
     web_port: int = 8080
 
-    dhcp_interfaces: list[str] = Field(default_factory=list)
+    dhcp_interfaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     dhcp_proxy: bool = False
     dhcp_discovery: bool = True
     dhcp_lease_seconds: int = 3600
@@ -79,8 +86,8 @@ class Settings(BaseSettings):
 
     dns_bind: str = "0.0.0.0"
     dns_port: int = 53
-    dns_upstreams: list[str] = Field(default_factory=list)
-    dns_allow_recursion_from: list[str] = Field(default_factory=list)
+    dns_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    dns_allow_recursion_from: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     annealer_workers: int = 8
     annealer_batch: int = 500
@@ -93,6 +100,20 @@ class Settings(BaseSettings):
     metrics_ports: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
 
     log_level: str = "INFO"
+
+    @field_validator("dhcp_interfaces", "dns_upstreams", "dns_allow_recursion_from", mode="before")
+    @classmethod
+    def _list_from_env(cls, value: Any) -> Any:
+        # KILN_DHCP_INTERFACES=eth1,eth2 is what operators write; a JSON list works too.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list: {exc}") from exc
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -156,4 +177,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "config"
-        raise ConfigError(f"bad configuration for '{key}': {first['msg']}", field=key) from exc
+        reason = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"bad configuration for '{key}': {reason}", field=key) from exc
+    except SettingsError as exc:
+        # raised by pydantic-settings when an environment value cannot be decoded at all
+        text = str(exc)
+        key = text.split('"')[1] if text.count('"') >= 2 else "config"
+        raise ConfigError(f"bad configuration for '{key}': {text}", field=key) from exc
