@@ -1,0 +1,79 @@
+"""/nodes: machines of the fleet and their MACs."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from sqlalchemy import select
+
+from appliance import nodes
+from appliance.models import Node, NodeMac
+from web.api.access import actor
+from web.api.endpoint import changes, endpoint, expected_version, read_session, write_session
+from web.api.paging import page_of, paginate
+from web.api.schemas import NodeIn, NodeOut, NodePatch, NodeQuery
+
+bp = Blueprint("nodes", __name__)
+
+
+def _out(node: Node) -> NodeOut:
+    return NodeOut.model_validate(node)
+
+
+@endpoint(bp, "GET", "/nodes", query=NodeQuery, response=page_of(NodeOut), summary="List nodes")
+def nodes_get(query: NodeQuery) -> dict[str, object]:
+    """Filter by exact `name`, `state` or one of the node's MACs."""
+    stmt = select(Node)
+    if query.name is not None:
+        stmt = stmt.where(Node.name == query.name)
+    if query.state is not None:
+        stmt = stmt.where(Node.state == query.state)
+    if query.mac is not None:
+        mac = nodes.normalize_mac(query.mac)
+        stmt = stmt.where(Node.id.in_(select(NodeMac.node_id).where(NodeMac.mac == mac)))
+    with read_session() as s:
+        return paginate(s, stmt, Node.id, query, _out)
+
+
+@endpoint(bp, "POST", "/nodes", body=NodeIn, response=NodeOut, status=201, summary="Create a node")
+def node_post(body: NodeIn) -> NodeOut:
+    fields = changes(body)
+    with write_session() as s:
+        node = nodes.create_node(s, fields.pop("name"), macs=fields.pop("macs"), actor=actor(), **fields)
+        return _out(node)
+
+
+@endpoint(bp, "GET", "/nodes/<int:node_id>", response=NodeOut, summary="Show a node")
+def node_get(node_id: int) -> NodeOut:
+    with read_session() as s:
+        return _out(nodes.get_node(s, node_id))
+
+
+@endpoint(bp, "PUT", "/nodes/<int:node_id>", body=NodeIn, response=NodeOut, summary="Replace a node's fields")
+def node_put(node_id: int, body: NodeIn) -> NodeOut:
+    return _update(node_id, body)
+
+
+@endpoint(
+    bp,
+    "PATCH",
+    "/nodes/<int:node_id>",
+    body=NodePatch,
+    response=NodeOut,
+    summary="Change some of a node's fields",
+)
+def node_patch(node_id: int, body: NodePatch) -> NodeOut:
+    return _update(node_id, body)
+
+
+def _update(node_id: int, body: NodeIn | NodePatch) -> NodeOut:
+    with write_session() as s:
+        node = nodes.update_node(
+            s, node_id, changes(body), expected_version=expected_version(body), actor=actor()
+        )
+        return _out(node)
+
+
+@endpoint(bp, "DELETE", "/nodes/<int:node_id>", status=204, summary="Delete a node")
+def node_delete(node_id: int) -> None:
+    with write_session() as s:
+        nodes.delete_node(s, node_id, expected_version=expected_version(), actor=actor())
