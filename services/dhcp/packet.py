@@ -1,0 +1,265 @@
+"""DHCPv4 messages: bytes in, a small dataclass out, and back (RFC 2131, 2132, 3396).
+
+Pure: no sockets, no database, no clock. Anything that is not a well-formed BOOTP/DHCP message raises the
+one `MalformedPacket` error, so a responder needs one `except` to count and drop bad input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from appliance.errors import KilnError
+
+# op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname, file, cookie
+_HEADER = struct.Struct("!BBBBIHHIIII16s64s128s4s")
+HEADER_SIZE = _HEADER.size  # 240, options follow
+MAGIC = b"c\x82Sc"
+# No client sends more than a jumbo frame's worth; larger datagrams are refused before any work.
+MAX_PACKET = 9000
+# BOOTP clients (and some PXE ROMs) drop replies shorter than the original BOOTP size (RFC 1542).
+MIN_REPLY = 300
+
+BOOTREQUEST = 1
+BOOTREPLY = 2
+BROADCAST_FLAG = 0x8000
+
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+MESSAGE_NAMES = {
+    DISCOVER: "DISCOVER",
+    OFFER: "OFFER",
+    REQUEST: "REQUEST",
+    DECLINE: "DECLINE",
+    ACK: "ACK",
+    NAK: "NAK",
+    RELEASE: "RELEASE",
+    INFORM: "INFORM",
+}
+
+OPT_PAD = 0
+OPT_END = 255
+OPT_REQUESTED_ADDRESS = 50
+OPT_OVERLOAD = 52
+OPT_MESSAGE_TYPE = 53
+OPT_SERVER_ID = 54
+OPT_PARAMETER_LIST = 55
+OPT_MAX_MESSAGE_SIZE = 57
+OPT_VENDOR_CLASS = 60
+OPT_CLIENT_ID = 61
+OPT_USER_CLASS = 77
+OPT_RELAY_AGENT = 82
+OPT_CLIENT_ARCH = 93
+OPT_CLIENT_NDI = 94
+OPT_CLIENT_UUID = 97
+OPT_IPXE = 175
+OPT_HOSTNAME = 12
+
+# Options whose length is fixed by RFC 2132; a wrong length is a malformed packet, checked once here so
+# the accessors below can never fail.
+_FIXED_LENGTH = {
+    OPT_MESSAGE_TYPE: 1,
+    OPT_REQUESTED_ADDRESS: 4,
+    OPT_SERVER_ID: 4,
+    OPT_MAX_MESSAGE_SIZE: 2,
+    OPT_OVERLOAD: 1,
+}
+
+
+class MalformedPacket(KilnError):
+    """The bytes are not a DHCP message this server can read."""
+
+    status = 400
+
+
+@dataclass(slots=True)
+class Packet:
+    """One DHCP message. Addresses are 32-bit integers (cheap to compare, hash and pack)."""
+
+    op: int
+    xid: int
+    chaddr: bytes
+    htype: int = 1
+    hops: int = 0
+    secs: int = 0
+    flags: int = 0
+    ciaddr: int = 0
+    yiaddr: int = 0
+    siaddr: int = 0
+    giaddr: int = 0
+    sname: bytes = b""
+    file: bytes = b""
+    # code -> value, in the order they are written; split/concatenated per RFC 3396 on the wire
+    options: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def message_type(self) -> int | None:
+        value = self.options.get(OPT_MESSAGE_TYPE)
+        return value[0] if value else None
+
+    @property
+    def mac(self) -> str:
+        return self.chaddr.hex(":")
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & BROADCAST_FLAG)
+
+    @property
+    def requested_address(self) -> int | None:
+        value = self.options.get(OPT_REQUESTED_ADDRESS)
+        return int.from_bytes(value, "big") if value else None
+
+    @property
+    def server_id(self) -> int | None:
+        value = self.options.get(OPT_SERVER_ID)
+        return int.from_bytes(value, "big") if value else None
+
+    @property
+    def client_arch(self) -> int | None:
+        """The first architecture of option 93 (RFC 4578); clients list their preferred one first."""
+        value = self.options.get(OPT_CLIENT_ARCH)
+        return int.from_bytes(value[:2], "big") if value else None
+
+    @property
+    def vendor_class(self) -> str:
+        return self.options.get(OPT_VENDOR_CLASS, b"").decode("ascii", "replace")
+
+    @property
+    def is_ipxe(self) -> bool:
+        # iPXE sends the 4 raw bytes "iPXE" (no RFC 3004 inner length); accept both forms.
+        user_class = self.options.get(OPT_USER_CLASS, b"")
+        return user_class == b"iPXE" or user_class[1:5] == b"iPXE"
+
+    @property
+    def hostname(self) -> str | None:
+        value = self.options.get(OPT_HOSTNAME)
+        return value.decode("ascii", "replace") if value else None
+
+    @property
+    def client_id(self) -> str | None:
+        value = self.options.get(OPT_CLIENT_ID)
+        return value.hex() if value else None
+
+
+def _read_options(data: bytes, start: int, end: int, into: dict[int, bytes], *, need_end: bool) -> None:
+    i = start
+    while i < end:
+        code = data[i]
+        if code == OPT_END:
+            return
+        if code == OPT_PAD:
+            i += 1
+            continue
+        if i + 1 >= end:
+            raise MalformedPacket(f"option {code} has no length byte")
+        stop = i + 2 + data[i + 1]
+        if stop > end:
+            raise MalformedPacket(f"option {code} overruns the packet")
+        # RFC 3396: a repeated option is one long option split in pieces
+        previous = into.get(code)
+        into[code] = data[i + 2 : stop] if previous is None else previous + data[i + 2 : stop]
+        i = stop
+    if need_end:
+        raise MalformedPacket("options do not end with the End option")
+
+
+def parse(data: bytes) -> Packet:
+    """The DHCP message in `data`, or MalformedPacket."""
+    size = len(data)
+    if size < HEADER_SIZE + 1:
+        raise MalformedPacket(f"{size} bytes is too short for a DHCP message")
+    if size > MAX_PACKET:
+        raise MalformedPacket(f"{size} bytes is larger than any DHCP message")
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname, file, cookie) = (
+        _HEADER.unpack_from(data)
+    )
+    if cookie != MAGIC:
+        raise MalformedPacket("wrong magic cookie")
+    if op not in (BOOTREQUEST, BOOTREPLY):
+        raise MalformedPacket(f"unknown op {op}")
+    if hlen > 16:
+        raise MalformedPacket(f"hardware address length {hlen} is over 16")
+    options: dict[int, bytes] = {}
+    _read_options(data, HEADER_SIZE, size, options, need_end=True)
+    overload = options.get(OPT_OVERLOAD)
+    if overload is not None:
+        if len(overload) != 1 or not 1 <= overload[0] <= 3:
+            raise MalformedPacket("bad option overload value")
+        # The overloaded fields are read once each and an option 52 inside them is ignored, so a
+        # packet cannot make the parser loop (RFC 2131 §4.1: file first, then sname).
+        extra: dict[int, bytes] = {}
+        if overload[0] & 1:
+            _read_options(file, 0, len(file), extra, need_end=False)
+        if overload[0] & 2:
+            _read_options(sname, 0, len(sname), extra, need_end=False)
+        extra.pop(OPT_OVERLOAD, None)
+        for code, piece in extra.items():
+            options[code] = options.get(code, b"") + piece
+        sname = sname if not overload[0] & 2 else b""
+        file = file if not overload[0] & 1 else b""
+    for code, length in _FIXED_LENGTH.items():
+        fixed = options.get(code)
+        if fixed is not None and len(fixed) != length:
+            raise MalformedPacket(f"option {code} must be {length} bytes, not {len(fixed)}")
+    message_type = options.get(OPT_MESSAGE_TYPE)
+    if message_type is not None and not 1 <= message_type[0] <= 18:
+        raise MalformedPacket(f"unknown DHCP message type {message_type[0]}")
+    arch = options.get(OPT_CLIENT_ARCH)
+    if arch is not None and (len(arch) < 2 or len(arch) % 2):
+        raise MalformedPacket("client architecture option is not a list of 16-bit values")
+    return Packet(
+        op=op,
+        xid=xid,
+        chaddr=chaddr[:hlen],
+        htype=htype,
+        hops=hops,
+        secs=secs,
+        flags=flags,
+        ciaddr=ciaddr,
+        yiaddr=yiaddr,
+        siaddr=siaddr,
+        giaddr=giaddr,
+        sname=sname.split(b"\0", 1)[0],
+        file=file.split(b"\0", 1)[0],
+        options=options,
+    )
+
+
+def encode_options(options: dict[int, bytes]) -> bytes:
+    """Options in wire form, long values split into 255-byte pieces (RFC 3396), End included."""
+    parts: list[bytes] = []
+    for code, value in options.items():
+        if len(value) <= 255:
+            parts.append(bytes((code, len(value))) + value)
+            continue
+        for i in range(0, len(value), 255):
+            piece = value[i : i + 255]
+            parts.append(bytes((code, len(piece))) + piece)
+    parts.append(b"\xff")
+    return b"".join(parts)
+
+
+def encode(packet: Packet) -> bytes:
+    """The wire form of `packet`, padded to the BOOTP minimum size."""
+    if len(packet.chaddr) > 16 or len(packet.sname) > 63 or len(packet.file) > 127:
+        raise ValueError("chaddr, sname or file is too long for its field")
+    data = _HEADER.pack(
+        packet.op,
+        packet.htype,
+        len(packet.chaddr),
+        packet.hops,
+        packet.xid,
+        packet.secs,
+        packet.flags,
+        packet.ciaddr,
+        packet.yiaddr,
+        packet.siaddr,
+        packet.giaddr,
+        packet.chaddr,
+        packet.sname,
+        packet.file,
+        MAGIC,
+    ) + encode_options(packet.options)
+    if len(data) < MIN_REPLY:
+        data += bytes(MIN_REPLY - len(data))
+    return data
