@@ -1,0 +1,297 @@
+"""Build the discovery image: Debian's kernel + a busybox initramfs with the agent and inventory tools.
+
+    python -m discovery_image.build [--cache DIR] [--kernel-version V] [--force]
+
+Everything comes from installed Debian packages (linux-image-amd64, busybox-static, ipmitool, dmidecode,
+util-linux, ethtool, pciutils); nothing is downloaded. The output is keyed by a hash of every byte that
+goes into it, so a second run is a cache hit and two machines with the same packages build identical
+files. Results live outside git: <cache>/<hash>/{vmlinuz,initrd.img,manifest.json} and <cache>/current.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from discovery_image.cpio import Entry, write_newc
+
+HERE = Path(__file__).resolve().parent
+AGENT_DIR = HERE / "agent"
+# Bumped when the layout of the image changes in a way the file contents alone would not show.
+FORMAT = "kiln-discovery-2"
+
+TOOLS = ("/usr/sbin/dmidecode", "/usr/bin/ipmitool", "/usr/bin/lsblk", "/usr/sbin/ethtool", "/usr/bin/lspci")
+
+# Drivers for the virtual machines of the tests and the NICs/HBAs most servers carry. Loaded at boot by
+# matching device modaliases (see agent/init), so an absent driver costs only its bytes.
+MODULES = (
+    # virtual machines
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "e1000",
+    # server NICs
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "tg3",
+    "bnxt_en",
+    "r8169",
+    # storage
+    "ahci",
+    "ata_piix",
+    "sd_mod",
+    "nvme",
+    "megaraid_sas",
+    "mpt3sas",
+    # in-band BMC access (/dev/ipmi0)
+    "ipmi_si",
+    "ipmi_devintf",
+)
+
+DEFAULT_CACHE = Path("/var/lib/kiln/discovery")
+
+
+def default_cache_dir() -> Path:
+    """$KILN_DISCOVERY_CACHE, else <$KILN_STATE_DIR>/discovery, else /var/lib/kiln/discovery."""
+    if os.environ.get("KILN_DISCOVERY_CACHE"):
+        return Path(os.environ["KILN_DISCOVERY_CACHE"])
+    if os.environ.get("KILN_STATE_DIR"):
+        return Path(os.environ["KILN_STATE_DIR"]) / "discovery"
+    return DEFAULT_CACHE
+
+
+@dataclass(frozen=True)
+class Image:
+    directory: Path
+    kernel: Path
+    initrd: Path
+    digest: str
+    kernel_version: str
+    cached: bool
+
+    @property
+    def initrd_size(self) -> int:
+        return self.initrd.stat().st_size
+
+
+class BuildError(RuntimeError):
+    """A missing package or file; the message says which."""
+
+
+def find_kernel(version: str | None = None) -> tuple[str, Path]:
+    """The requested or newest /boot/vmlinuz-* whose modules are installed."""
+    candidates = []
+    for path in Path("/boot").glob("vmlinuz-*"):
+        ver = path.name.removeprefix("vmlinuz-")
+        if (Path("/lib/modules") / ver / "modules.dep").exists():
+            candidates.append((ver, path))
+    if version is not None:
+        candidates = [c for c in candidates if c[0] == version]
+    if not candidates:
+        raise BuildError("no /boot/vmlinuz-* with modules: install linux-image-amd64")
+    return max(candidates, key=lambda c: _version_key(c[0]))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version))
+
+
+def shared_libraries(binary: str) -> list[str]:
+    """Absolute paths of the libraries `binary` loads, from the dynamic loader itself (ldd)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+    libs = []
+    for line in out.splitlines():
+        match = re.search(r"(/\S+)\s+\(0x", line)
+        if match:
+            libs.append(match.group(1))
+    return libs
+
+
+def _mod_name(path: str) -> str:
+    return Path(path).name.split(".ko")[0].replace("-", "_")
+
+
+def select_modules(kver: str, wanted: Iterable[str]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """(module files, name → ordered dependency names, alias lines) for `wanted` and their dependencies."""
+    moddir = Path("/lib/modules") / kver
+    deps_by_name: dict[str, list[str]] = {}
+    path_by_name: dict[str, str] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        name = _mod_name(path)
+        path_by_name[name] = path
+        deps_by_name[name] = [_mod_name(p) for p in rest.split()]
+    chosen: set[str] = set()
+    for name in wanted:
+        if name not in path_by_name:
+            raise BuildError(f"kernel {kver} has no module {name}")
+        chosen.add(name)
+        chosen.update(deps_by_name[name])
+    # modules.dep lists a module's dependencies deepest last; insmod needs them loaded first
+    load_order = {name: list(reversed(deps_by_name[name])) for name in sorted(chosen)}
+    aliases = []
+    for line in (moddir / "modules.alias").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias" and parts[2] in chosen:
+            aliases.append(f"{parts[1]} {parts[2]}")
+    return sorted(path_by_name[n] for n in chosen), load_order, sorted(aliases)
+
+
+def _read(path: str | Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def collect_entries(kver: str) -> list[Entry]:
+    """Every member of the initramfs, with its content read from the installed packages."""
+    entries: dict[str, Entry] = {}
+
+    def add(entry: Entry) -> None:
+        parts = entry.path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            entries.setdefault(parent, Entry.directory(parent))
+        entries[entry.path] = entry
+
+    for directory in ("dev", "proc", "sys", "run", "tmp", "etc", "root", "var/log"):
+        add(Entry.directory(directory))
+    add(Entry.char_device("dev/console", 5, 1))
+    add(Entry.char_device("dev/null", 1, 3, 0o666))
+
+    busybox = Path("/usr/bin/busybox")
+    if not busybox.exists():
+        raise BuildError("/usr/bin/busybox missing: install busybox-static")
+    add(Entry.file("bin/busybox", _read(busybox), 0o755))
+    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True)
+    for applet in applets.stdout.split():
+        if applet not in ("bin/busybox", "linuxrc"):
+            add(Entry.symlink(applet, "/bin/busybox"))
+
+    libs: set[str] = set()
+    for tool in TOOLS:
+        if not Path(tool).exists():
+            raise BuildError(f"{tool} missing: install its Debian package (see scripts/bootstrap)")
+        add(Entry.file(tool.lstrip("/"), _read(tool), 0o755))
+        libs.update(shared_libraries(tool))
+    for lib in sorted(libs):
+        # the loader looks libraries up by these paths; the file behind a symlink is copied in place
+        add(Entry.file(lib.lstrip("/"), _read(os.path.realpath(lib)), 0o755))
+    add(Entry.file("usr/share/misc/pci.ids", _read("/usr/share/misc/pci.ids")))
+
+    files, load_order, aliases = select_modules(kver, MODULES)
+    for rel in files:
+        add(Entry.file(f"lib/modules/{kver}/{rel}", _read(Path("/lib/modules") / kver / rel)))
+    modpaths = {_mod_name(rel): f"/lib/modules/{kver}/{rel}" for rel in files}
+    deplines = [f"{name} {' '.join(modpaths[d] for d in [*deps, name])}" for name, deps in load_order.items()]
+    add(Entry.file("lib/modules/kiln.dep", ("\n".join(deplines) + "\n").encode()))
+    add(Entry.file("lib/modules/kiln.alias", ("\n".join(aliases) + "\n").encode()))
+
+    for src in sorted(AGENT_DIR.iterdir()):
+        if src.is_file() and not src.name.startswith("."):
+            target = "init" if src.name == "init" else f"usr/lib/kiln/{src.name}"
+            add(Entry.file(target, src.read_bytes(), 0o755))
+    add(Entry.symlink("usr/share/udhcpc/default.script", "/usr/lib/kiln/udhcpc.script"))
+    add(Entry.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"))
+    add(Entry.file("etc/group", b"root:x:0:\n"))
+    add(Entry.file("etc/kiln-image", f"{FORMAT} kernel {kver}\n".encode()))
+    return list(entries.values())
+
+
+def input_digest(kernel: bytes, entries: list[Entry]) -> str:
+    h = hashlib.sha256()
+    h.update(FORMAT.encode() + b"\0")
+    h.update((HERE / "cpio.py").read_bytes())
+    h.update(hashlib.sha256(kernel).digest())
+    for entry in sorted(entries, key=lambda e: e.path):
+        h.update(f"{entry.path}\0{entry.mode:o}\0{entry.rdev}\0".encode())
+        h.update(hashlib.sha256(entry.data).digest())
+    return h.hexdigest()[:20]
+
+
+def compress(entries: list[Entry]) -> bytes:
+    raw = io.BytesIO()
+    write_newc(raw, entries)
+    # mtime=0 keeps the gzip header free of the build time
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+def build(cache: Path | None = None, *, kernel_version: str | None = None, force: bool = False) -> Image:
+    """Build (or find in the cache) the image; `<cache>/current` points at it afterwards."""
+    cache = cache or default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    kver, vmlinuz = find_kernel(kernel_version)
+    kernel = vmlinuz.read_bytes()
+    entries = collect_entries(kver)
+    digest = input_digest(kernel, entries)
+    target = cache / digest
+    with open(cache / ".lock", "w") as lock:
+        # several test workers may build at once; one builds, the others find it done
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = (target / "manifest.json").exists() and not force
+        if not cached:
+            staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+            (staging / "vmlinuz").write_bytes(kernel)
+            (staging / "initrd.img").write_bytes(compress(entries))
+            manifest = {
+                "format": FORMAT,
+                "digest": digest,
+                "kernel_version": kver,
+                "kernel_sha256": hashlib.sha256(kernel).hexdigest(),
+                "initrd_sha256": hashlib.sha256((staging / "initrd.img").read_bytes()).hexdigest(),
+                "files": len(entries),
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        link = cache / "current"
+        tmp_link = cache / f".current-{os.getpid()}"
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(digest)
+        tmp_link.replace(link)
+    return Image(target, target / "vmlinuz", target / "initrd.img", digest, kver, cached)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m discovery_image.build", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help=f"output directory (default {DEFAULT_CACHE})"
+    )
+    parser.add_argument(
+        "--kernel-version", default=None, help="a version under /lib/modules (default newest)"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache has it")
+    args = parser.parse_args(argv)
+    try:
+        image = build(args.cache, kernel_version=args.kernel_version, force=args.force)
+    except BuildError as exc:
+        print(f"discovery image: {exc}", file=sys.stderr)
+        return 1
+    mib = image.initrd_size / 2**20
+    print(f"discovery image {image.digest} ({'cached' if image.cached else 'built'})")
+    print(
+        f"  kernel  {image.kernel}  {image.kernel.stat().st_size / 2**20:.1f} MiB  ({image.kernel_version})"
+    )
+    print(f"  initrd  {image.initrd}  {mib:.1f} MiB  (goal <= 64 MiB)")
+    return 0 if mib <= 64 else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
