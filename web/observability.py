@@ -5,9 +5,10 @@ a contextvar holds them and `RequestContextFilter` copies them onto each LogReco
 handlers (filters on a logger do not apply to records of its children), installed by
 `install_log_context()` from the process entry points (web/serve.py, web/wsgi.py), never at import.
 
-Metrics live in a registry owned by each app, so building several apps in one process (the tests)
-never registers a metric twice; /metrics also exports the process-wide default registry, where
-other modules (BMC, discovery...) may put their own counters.
+Per-endpoint metrics live in a registry owned by each app, so building several apps in one process
+(the tests) never registers a metric twice; each request is also counted in the process-wide families
+of appliance.metrics (service="web"). /metrics exports both registries, so counters that other
+modules (BMC, discovery...) put in the default registry show up here too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from appliance import metrics as shared
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +127,12 @@ def init_app(app: Flask) -> WebMetrics:
         endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(elapsed)
+        shared.REQUESTS.labels("web", request.method).inc()
+        shared.LATENCY.labels("web").observe(elapsed)
         if response.status_code >= 400:
-            metrics.errors.labels(endpoint, "server" if response.status_code >= 500 else "client").inc()
+            kind = "server" if response.status_code >= 500 else "client"
+            metrics.errors.labels(endpoint, kind).inc()
+            shared.ERRORS.labels("web", kind).inc()
         info = request_info.get()
         response.headers["X-Request-ID"] = info.request_id
         log.info(

@@ -22,6 +22,10 @@ MODULES = [
     "web.api.openapi",
     "web.api.session",
     "web.api.nodes",
+    "web.api.networks",
+    "web.api.bootenvs",
+    "web.api.users",
+    "web.api.events",
 ]
 
 
