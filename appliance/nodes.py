@@ -128,12 +128,16 @@ def _mac_rows(entries: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
-def _set_macs(session: Session, node: Node, entries: Sequence[str | Mapping[str, Any]]) -> None:
-    rows = _mac_rows(entries)
+def _check_macs_free(session: Session, rows: Sequence[Mapping[str, Any]], node_id: int | None) -> None:
     for row in rows:
         owner = session.get(NodeMac, row["mac"])
-        if owner is not None and owner.node_id != node.id:
+        if owner is not None and owner.node_id != node_id:
             raise Conflict(f"MAC {row['mac']} already belongs to node {owner.node_id}", field="macs")
+
+
+def _set_macs(session: Session, node: Node, entries: Sequence[str | Mapping[str, Any]]) -> None:
+    rows = _mac_rows(entries)
+    _check_macs_free(session, rows, node.id)
     wanted = {r["mac"]: r for r in rows}
     for existing in list(node.macs):
         if existing.mac not in wanted:
@@ -185,6 +189,8 @@ def create_node(
     if session.scalar(select(Node.id).where(Node.name == node.name)) is not None:
         raise Conflict(f"node name '{name}' is taken", field="name")
     _apply(session, node, {k: v for k, v in fields.items() if v is not None})
+    # refuse bad or taken MACs before the row exists, so a caller that swallows the error commits nothing
+    _check_macs_free(session, _mac_rows(macs), None)
     session.add(node)
     session.flush()
     _set_macs(session, node, macs)

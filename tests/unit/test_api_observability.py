@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.unit.api_support import Api, sqlite_api_fixture  # noqa: F401  (fixtures)
+from web.observability import RequestContextFilter
+
+
+def test_request_log_lines_carry_request_id_user_and_address(
+    sqlite_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestContextFilter())
+    with caplog.at_level(logging.INFO, logger="web"):
+        r = sqlite_api.get("/nodes", role="operator", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+    lines = [rec for rec in caplog.records if rec.name == "web.observability"]
+    assert lines, caplog.text
+    line = lines[-1]
+    assert (line.request_id, line.user, line.remote_addr) == ("abc-123", "operator", "127.0.0.1")  # type: ignore[attr-defined]
+    assert "GET /api/v2/nodes 200" in line.getMessage()
+    generated = sqlite_api.get("/nodes", headers={"X-Request-ID": "bad id with spaces"}).headers[
+        "X-Request-ID"
+    ]
+    assert generated != "bad id with spaces" and len(generated) == 16
+
+
+def test_unexpected_error_is_json_500_without_traceback_and_counted(
+    sqlite_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom() -> str:
+        raise RuntimeError("secret internals")
+
+    sqlite_api.app.add_url_rule("/api/v2/boom", view_func=boom)
+    with caplog.at_level(logging.ERROR):
+        r = sqlite_api.get("/boom")
+    assert r.status_code == 500 and r.json["error"] == "internal error" and r.json["request_id"]
+    assert "secret internals" not in r.data.decode() and "Traceback" not in r.data.decode()
+    assert "secret internals" in caplog.text
+    sqlite_api.get("/nodes/12345")
+    metrics = sqlite_api.client.get("/metrics").data.decode()
+    assert 'kiln_http_errors_total{endpoint="/api/v2/boom",kind="server"} 1.0' in metrics
+    assert 'kiln_http_errors_total{endpoint="/api/v2/nodes/<int:node_id>",kind="client"} 1.0' in metrics
+    assert 'kiln_http_request_duration_seconds_count{endpoint="/api/v2/boom"} 1.0' in metrics
+    assert "kiln_requests_total" in metrics  # the process-wide families of appliance.metrics
+
+
+def test_non_api_paths_keep_html_errors_and_root_redirects(sqlite_api: Api) -> None:
+    client = sqlite_api.client
+    assert client.get("/").status_code == 302 and client.get("/").headers["Location"].endswith("/admin/")
+    assert not client.get("/nowhere").is_json
+    assert client.get("/healthz").json == {"status": "ok"}
