@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from appliance.cli import (  # noqa: F401  (registers commands)
     db,
+    networks,
+    nodes,
     serve,
     users,
 )
