@@ -30,7 +30,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None, **c
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
-        JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
     )
     app.config.update(config)

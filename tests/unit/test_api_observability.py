@@ -3,8 +3,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from flask import Blueprint
 
+import web.api
 from tests.unit.api_support import Api, sqlite_api_fixture  # noqa: F401  (fixtures)
+from web.app import create_app
 from web.observability import RequestContextFilter
 
 
@@ -51,3 +54,24 @@ def test_non_api_paths_keep_html_errors_and_root_redirects(sqlite_api: Api) -> N
     assert client.get("/").status_code == 302 and client.get("/").headers["Location"].endswith("/admin/")
     assert not client.get("/nowhere").is_json
     assert client.get("/healthz").json == {"status": "ok"}
+
+
+# an API module written without @endpoint, plugged in through web.api.MODULES by the test below
+bp = Blueprint("plain_for_test", __name__)
+bp.add_url_rule("/plain", view_func=lambda: {"ok": True}, methods=["GET", "POST"])
+
+
+def test_routes_added_without_endpoint_still_require_login(
+    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web.api, "MODULES", [*web.api.MODULES, __name__])
+    app = create_app(sqlite_api.app.extensions["kiln"].settings, sqlite_api.db, TESTING=True)
+    client = app.test_client()
+    assert client.get("/api/v2/plain").status_code == 401
+    readonly = {"Authorization": f"Bearer {sqlite_api.tokens['readonly']}"}
+    operator = {"Authorization": f"Bearer {sqlite_api.tokens['operator']}"}
+    assert client.get("/api/v2/plain", headers=readonly).json == {"ok": True}
+    assert client.post("/api/v2/plain", headers=readonly).status_code == 403
+    assert client.post("/api/v2/plain", headers=operator).status_code == 200
+    doc = client.get("/api/v2/openapi.json").json
+    assert doc["paths"]["/plain"]["get"]["x-kiln-undocumented"] is True

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +111,38 @@ def test_bind_addresses_parse() -> None:
     assert parse_bind("127.0.0.1:8080", 1) == ("127.0.0.1", 8080)
     assert parse_bind("[::1]:9000", 1) == ("::1", 9000)
     assert parse_bind("0.0.0.0", 8081) == ("0.0.0.0", 8081)
+
+
+def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    assert gunicorn.exists(), "gunicorn is a runtime dependency: pip install -e ."
+    port = _free_port()
+    env = {
+        **os.environ,
+        "KILN_CONFIG": str(tmp_path / "absent.toml"),
+        "KILN_STATE_DIR": str(tmp_path / "state"),
+        "KILN_DATABASE_URL": f"sqlite:///{tmp_path / 'kiln.db'}",
+        "KILN_SECRET_KEY": "gunicorn-test-secret",
+    }
+    proc = subprocess.Popen(
+        [str(gunicorn), "-w", "1", "-b", f"127.0.0.1:{port}", "web.app:create_app()"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "gunicorn exited"
+            try:
+                code, body = curl("GET", f"http://127.0.0.1:{port}/healthz", None)
+                break
+            except subprocess.CalledProcessError:
+                assert time.monotonic() < deadline, "gunicorn did not answer"
+                time.sleep(0.1)
+        assert (code, body) == (200, {"status": "ok"})
+        assert curl("GET", f"http://127.0.0.1:{port}/api/v2/nodes", None)[0] == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

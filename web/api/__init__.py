@@ -10,13 +10,20 @@ Each module below is a Flask Blueprint named `bp` whose routes are declared with
 Errors: raise appliance.errors (NotFound, Conflict, InvalidInput...); web/api/errors.py turns them into
 `{"error", "field"}` answers. Changes: `with write_session() as s:` and an Event through
 appliance.events.record(..., actor=actor()). The OpenAPI document picks new routes up by itself.
+
+Access: every route under /api/v2 needs a logged-in user unless declared `@endpoint(..., public=True)`
+(e.g. node-facing callbacks that check their own boot/agent token); a plain Flask route added to one
+of these blueprints is guarded too (readonly to read, operator to change) and shows in the OpenAPI
+document as undocumented.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from flask import Blueprint
+from flask import Blueprint, current_app, request
+
+from web.api import access
 
 MODULES = [
     "web.api.openapi",
@@ -26,6 +33,7 @@ MODULES = [
     "web.api.bootenvs",
     "web.api.users",
     "web.api.events",
+    "web.api.discovery",
 ]
 
 
@@ -34,4 +42,12 @@ def create_blueprint() -> Blueprint:
     api = Blueprint("api", __name__, url_prefix="/api/v2")
     for name in MODULES:
         api.register_blueprint(importlib.import_module(name).bp)
+    api.before_request(_guard_undeclared_routes)
     return api
+
+
+def _guard_undeclared_routes() -> None:
+    """A route added without @endpoint still needs a logged-in user (operator to change anything)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and not hasattr(view, "kiln_spec"):
+        access.require("readonly" if request.method in access.SAFE_METHODS else "operator")
