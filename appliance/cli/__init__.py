@@ -7,6 +7,7 @@ from appliance.cli import (  # noqa: F401  (registers commands)
     networks,
     nodes,
     serve,
+    status,
     users,
 )
 from appliance.cli.base import main
