@@ -140,10 +140,12 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     node_role_id: Mapped[int] = mapped_column(ForeignKey("node_roles.id", ondelete="CASCADE"), index=True)
     annealer: Mapped[str] = mapped_column(String(128), default="")
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|error
+    status: Mapped[str] = mapped_column(String(16), default="running")  # ok|error|discarded|replay-*
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     log: Mapped[str] = mapped_column(Text, default="")
+    # a replay (`kiln noderole replay`) re-runs a recorded run's inputs; it never changes state
+    replay_of: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

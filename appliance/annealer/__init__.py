@@ -1,0 +1,1 @@
+"""The annealer: barclamps, deployments, node-role states, attribute injection and the runner."""

@@ -1,0 +1,523 @@
+"""The annealer's engine: claim runnable node-roles in batches, run their jigs, write results in batches.
+
+Per batch, whatever its size: one UPDATE … RETURNING claims it (FOR UPDATE SKIP LOCKED on PostgreSQL, so
+N annealer processes never claim the same row), three queries gather the inputs, one UPDATE moves the
+successes to `active`, one INSERT writes their events and one their run records, and, in a second
+transaction after that commit, one UPDATE unblocks the children whose parents are now all active.
+Unblocking after the commit matters on PostgreSQL: two annealers finishing the two parents of one child
+at the same moment each see the other's parent active only once it is committed, and the later of the
+two unblock statements always does.
+
+Jigs that declare themselves `inline` (noop) run in the annealer's thread with no hop; the rest go to
+a bounded thread pool, claimed only as workers free up so a slow script never sits on a lease unrun.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, or_, select, update
+
+from appliance.annealer import states
+from appliance.annealer.bulk import insert_rows
+from appliance.annealer.injection import Inputs, gather_inputs
+from appliance.db import Database
+from appliance.errors import JigError, KilnError
+from appliance.jigs import REGISTRY, Jig, NodeRoleContext
+from appliance.models import Deployment, Node, NodeRole, NodeRoleEdge, Role, Run, utcnow
+
+log = logging.getLogger(__name__)
+
+_EMPTY: dict[str, Any] = {}  # shared by trivial outcomes so their records are serialised once per batch
+
+nr_t = cast(Table, NodeRole.__table__)
+node_t = cast(Table, Node.__table__)
+dep_t = cast(Table, Deployment.__table__)
+edge_t = cast(Table, NodeRoleEdge.__table__)
+run_t = cast(Table, Run.__table__)
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    id: int
+    name: str
+    jig: Jig | None
+    inputs: Mapping[str, Mapping[str, Any]]
+    outputs: Mapping[str, Mapping[str, Any]]
+    jig_data: Mapping[str, Any]
+
+    @property
+    def trivial(self) -> bool:
+        """noop with nothing declared: the result is known without calling anything."""
+        return self.jig is not None and self.jig.name == "noop" and not self.inputs and not self.outputs
+
+
+@dataclass
+class Claimed:
+    id: int
+    node_id: int
+    role_id: int
+    deployment_id: int
+    attempts: int
+
+
+@dataclass
+class Outcome:
+    node_role_id: int
+    attempts: int
+    inputs: dict[str, Any]
+    ok: bool = True
+    outputs: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+    error: str = ""
+    retryable: bool = False
+    started_at: dt.datetime = field(default_factory=utcnow)
+    finished_at: dt.datetime = field(default_factory=utcnow)
+
+
+def annealer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def execute_jig(role: RoleInfo, ctx: NodeRoleContext, inputs: Inputs) -> tuple[dict[str, Any], str]:
+    """Run one jig; outputs not declared by the role are dropped (and said so in the log)."""
+    assert role.jig is not None
+    role.jig.validate(ctx, inputs)
+    outputs = dict(role.jig.run(ctx, inputs))
+    runlog = str(outputs.pop("_log", ""))
+    extra = sorted(set(outputs) - set(role.outputs))
+    if extra:
+        runlog += f"\nundeclared outputs dropped: {', '.join(extra)}"
+        outputs = {k: v for k, v in outputs.items() if k in role.outputs}
+    return outputs, runlog
+
+
+class Annealer:
+    """One annealer process's engine. `step()` does one round; `service.serve` loops it."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        name: str | None = None,
+        workers: int = 8,
+        batch: int = 1000,
+        lease_seconds: float = 300.0,
+        retry_limit: int = 5,
+        backoff_seconds: float = 2.0,
+        backoff_max: float = 300.0,
+    ) -> None:
+        self.db = db
+        self.name = name or annealer_name()
+        self.workers = max(1, workers)
+        self.batch = max(1, batch)
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.retry_limit = retry_limit
+        self.backoff_seconds = backoff_seconds
+        self.backoff_max = backoff_max
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jig")
+        self.inflight: dict[int, Future[Outcome]] = {}
+        self.done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.roles: dict[int, RoleInfo] = {}
+        self.completed = 0
+        self._roles_loaded = 0.0
+        self._last_recover = 0.0
+        self._last_sweep = 0.0
+        self._last_renew = time.monotonic()
+
+    # -- roles ---------------------------------------------------------------------------------
+
+    def load_roles(self) -> None:
+        with self.db.read_session() as session:
+            rows = session.execute(
+                select(Role.id, Role.name, Role.jig, Role.inputs, Role.outputs, Role.jig_data)
+            ).tuples()
+            self.roles = {
+                rid: RoleInfo(rid, name, REGISTRY.get(jig), inputs or {}, outputs or {}, jig_data or {})
+                for rid, name, jig, inputs, outputs, jig_data in rows
+            }
+        self._roles_loaded = time.monotonic()
+
+    def _role_ids(self, inline: bool) -> list[int]:
+        return [r.id for r in self.roles.values() if r.jig is not None and r.jig.inline == inline]
+
+    # -- claim -----------------------------------------------------------------------------------
+
+    def claim(self, limit: int, role_ids: Sequence[int]) -> list[Claimed]:
+        """Atomically move up to `limit` runnable node-roles of these roles to `transition`."""
+        if limit <= 0 or not role_ids:
+            return []
+        now = utcnow()
+        cand = nr_t.alias("claimable")
+        query = (
+            select(cand.c.id)
+            .select_from(
+                cand.join(node_t, node_t.c.id == cand.c.node_id).join(
+                    dep_t, dep_t.c.id == cand.c.deployment_id
+                )
+            )
+            .where(
+                cand.c.state == states.TODO,
+                cand.c.role_id.in_(list(role_ids)),
+                node_t.c.alive.is_(True),
+                node_t.c.available.is_(True),
+                dep_t.c.state == "committed",
+                or_(cand.c.retry_at.is_(None), cand.c.retry_at <= now),
+            )
+            .order_by(cand.c.cohort, cand.c.id)
+            .limit(limit)
+        )
+        if self.inflight:
+            query = query.where(cand.c.id.not_in(list(self.inflight)))
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=cand)
+        with self.db.session() as session:
+            rows = states.transition_rows(
+                session,
+                states.TODO,
+                states.TRANSITION,
+                where=nr_t.c.id.in_(query),
+                values={"claimed_by": self.name, "lease_expires_at": now + self.lease},
+                returning=(
+                    nr_t.c.node_id,
+                    nr_t.c.role_id,
+                    nr_t.c.deployment_id,
+                    nr_t.c.attempts,
+                ),
+                actor=self.name,
+                reason="claimed",
+            )
+        return [Claimed(nr_id, node, role, dep, attempts or 0) for nr_id, node, role, dep, attempts in rows]
+
+    def _inputs(self, claimed: Sequence[Claimed]) -> dict[int, dict[str, Any]]:
+        specs = {c.role_id: self.roles[c.role_id].inputs for c in claimed}
+        if not any(specs.values()):
+            return {c.id: {} for c in claimed}
+        with self.db.read_session() as session:
+            return gather_inputs(
+                session, [(c.id, c.node_id, c.role_id, c.deployment_id) for c in claimed], specs
+            )
+
+    # -- run ---------------------------------------------------------------------------------------
+
+    def _context(self, c: Claimed, node: tuple[str, Mapping[str, Any]] | None = None) -> NodeRoleContext:
+        role = self.roles[c.role_id]
+        name, hint = node or ("", {})
+        return NodeRoleContext(
+            id=c.id,
+            node_id=c.node_id,
+            node_name=name,
+            role=role.name,
+            deployment_id=c.deployment_id,
+            jig_data=role.jig_data,
+            outputs=role.outputs,
+            access=(hint or {}).get("ssh", {}),
+        )
+
+    def _run_one(self, c: Claimed, inputs: dict[str, Any], ctx: NodeRoleContext) -> Outcome:
+        role = self.roles[c.role_id]
+        outcome = Outcome(c.id, c.attempts, inputs)
+        try:
+            outcome.outputs, outcome.log = execute_jig(role, ctx, Inputs(inputs, role.name))
+        except JigError as exc:
+            outcome.ok, outcome.error, outcome.retryable = False, exc.message, exc.retryable
+            outcome.log = exc.log
+        except KilnError as exc:
+            outcome.ok, outcome.error = False, exc.message
+        except Exception as exc:  # a jig bug must become an `error` node-role, never a dead annealer
+            outcome.ok, outcome.error = False, f"{type(exc).__name__}: {exc}"
+            outcome.log = traceback.format_exc()
+        outcome.finished_at = utcnow()
+        return outcome
+
+    def run_inline(self, claimed: Sequence[Claimed]) -> list[Outcome]:
+        inputs = self._inputs(claimed)
+        now = utcnow()
+        outcomes: list[Outcome] = []
+        for c in claimed:
+            if self.roles[c.role_id].trivial:
+                outcomes.append(
+                    Outcome(c.id, c.attempts, _EMPTY, outputs=_EMPTY, started_at=now, finished_at=now)
+                )
+            else:
+                outcomes.append(self._run_one(c, inputs[c.id], self._context(c)))
+        return outcomes
+
+    def submit(self, claimed: Sequence[Claimed]) -> None:
+        inputs = self._inputs(claimed)
+        with self.db.read_session() as session:
+            nodes = {
+                nid: (name, hint)
+                for nid, name, hint in session.execute(
+                    select(Node.id, Node.name, Node.hint).where(Node.id.in_({c.node_id for c in claimed}))
+                ).tuples()
+            }
+        for c in claimed:
+            future = self.pool.submit(self._run_one, c, inputs[c.id], self._context(c, nodes.get(c.node_id)))
+            self.inflight[c.id] = future
+            future.add_done_callback(lambda f: self.done.put(f.result()))
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write a batch of results; return the node-roles that became active."""
+        if not outcomes:
+            return []
+        mine = nr_t.c.claimed_by == self.name
+        released = {"claimed_by": None, "lease_expires_at": None}
+        with self.db.session() as session:
+            ok = [o for o in outcomes if o.ok]
+            active = set(
+                states.transition(
+                    session,
+                    states.TRANSITION,
+                    states.ACTIVE,
+                    ids=[o.node_role_id for o in ok],
+                    where=mine,
+                    values={**released, "run_count": nr_t.c.run_count + 1, "attempts": 0, "retry_at": None},
+                    actor=self.name,
+                )
+            )
+            self._write_walls(session, [o for o in ok if o.node_role_id in active])
+            failed = {o.node_role_id for o in outcomes if not o.ok and self._fail(session, o)}
+            insert_rows(
+                session,
+                run_t,
+                ("node_role_id", "status", "inputs", "outputs", "log", "started_at", "finished_at"),
+                [
+                    (
+                        o.node_role_id,
+                        _status(o, active, failed),
+                        o.inputs,
+                        o.outputs,
+                        o.log if o.ok else f"{o.error}\n{o.log}".strip(),
+                        o.started_at,
+                        o.finished_at,
+                    )
+                    for o in outcomes
+                ],
+                {"annealer": self.name},
+            )
+            if active and self.db.is_sqlite:
+                # SQLite has one writer at a time, so the unblock can share this transaction (and fsync)
+                self._unblock(session, sorted(active))
+        self.completed += len(active) + len(failed)
+        if active and not self.db.is_sqlite:
+            self.unblock_children(sorted(active))
+        return sorted(active)
+
+    def _write_walls(self, session: Any, outcomes: Sequence[Outcome]) -> None:
+        full = [
+            {"nr_id": o.node_role_id, "new_wall": o.outputs, "new_log": o.log}
+            for o in outcomes
+            if o.outputs or o.log
+        ]
+        empty = [o.node_role_id for o in outcomes if not (o.outputs or o.log)]
+        if full:
+            session.execute(
+                update(nr_t)
+                .where(nr_t.c.id == bindparam("nr_id"))
+                .values(wall=bindparam("new_wall", type_=nr_t.c.wall.type), runlog=bindparam("new_log")),
+                full,
+                execution_options={"synchronize_session": False},
+            )
+        if empty:
+            session.execute(
+                update(nr_t).where(nr_t.c.id.in_(empty)).values(wall={}, runlog=""),
+                execution_options={"synchronize_session": False},
+            )
+
+    def _fail(self, session: Any, o: Outcome) -> bool:
+        """A failed run: back to todo after a backoff when retryable and under the limit, else error."""
+        attempts = o.attempts + 1
+        values: dict[str, Any] = {
+            "claimed_by": None,
+            "lease_expires_at": None,
+            "attempts": attempts,
+            "run_count": nr_t.c.run_count + 1,
+            "runlog": f"{o.error}\n{o.log}".strip(),
+        }
+        where = nr_t.c.claimed_by == self.name
+        if o.retryable and attempts < self.retry_limit:
+            delay = min(self.backoff_seconds * 2 ** (attempts - 1), self.backoff_max)
+            values["retry_at"] = utcnow() + dt.timedelta(seconds=delay)
+            reason = f"attempt {attempts} failed, retry in {delay:.0f}s: {o.error}"
+            return bool(
+                states.transition(
+                    session,
+                    states.TRANSITION,
+                    states.TODO,
+                    ids=[o.node_role_id],
+                    where=where,
+                    values=values,
+                    actor=self.name,
+                    reason=reason,
+                )
+            )
+        return bool(
+            states.transition(
+                session,
+                states.TRANSITION,
+                states.ERROR,
+                ids=[o.node_role_id],
+                where=where,
+                values=values,
+                actor=self.name,
+                reason=o.error,
+            )
+        )
+
+    def unblock_children(self, parent_ids: Sequence[int]) -> int:
+        with self.db.session() as session:
+            return self._unblock(session, parent_ids)
+
+    def _unblock(self, session: Any, parent_ids: Sequence[int]) -> int:
+        children = select(edge_t.c.child_id).where(edge_t.c.parent_id.in_(list(parent_ids)))
+        moved = states.transition(
+            session,
+            states.BLOCKED,
+            states.TODO,
+            where=and_(nr_t.c.id.in_(children), ~states.not_ready()),
+            actor=self.name,
+            reason="parents active",
+        )
+        return len(moved)
+
+    # -- maintenance ------------------------------------------------------------------------------------
+
+    def recover_expired(self) -> int:
+        """Node-roles left in transition by a dead annealer go back to todo once their lease expires."""
+        with self.db.session() as session:
+            moved = states.transition(
+                session,
+                states.TRANSITION,
+                states.TODO,
+                where=nr_t.c.lease_expires_at < utcnow(),
+                values={"claimed_by": None, "lease_expires_at": None},
+                actor=self.name,
+                reason="lease expired",
+            )
+        if moved:
+            log.warning("recovered %d node-roles whose annealer lease expired", len(moved))
+        return len(moved)
+
+    def sweep_blocked(self) -> int:
+        """Blocked node-roles whose parents are all active (a crash between result and unblock)."""
+        with self.db.session() as session:
+            return len(
+                states.transition(
+                    session,
+                    states.BLOCKED,
+                    states.TODO,
+                    where=~states.not_ready(),
+                    actor=self.name,
+                    reason="parents active",
+                )
+            )
+
+    def renew_leases(self) -> None:
+        if not self.inflight:
+            return
+        with self.db.session() as session:
+            session.execute(
+                update(nr_t)
+                .where(nr_t.c.id.in_(list(self.inflight)), nr_t.c.claimed_by == self.name)
+                .values(lease_expires_at=utcnow() + self.lease),
+                execution_options={"synchronize_session": False},
+            )
+
+    def _maintenance(self, idle: bool) -> int:
+        now = time.monotonic()
+        lease = self.lease.total_seconds()
+        moved = 0
+        if now - self._roles_loaded > 10:
+            self.load_roles()
+        if now - self._last_recover > min(5.0, lease / 4):
+            self._last_recover = now
+            moved += self.recover_expired()
+        if now - self._last_renew > lease / 3:
+            self._last_renew = now
+            self.renew_leases()
+        if idle and now - self._last_sweep > 5.0:
+            self._last_sweep = now
+            moved += self.sweep_blocked()
+        return moved
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def step(self, *, idle: bool = False) -> int:
+        """One round: maintenance, finished pool work, new pool work, one inline batch. Returns work done."""
+        if not self.roles:
+            self.load_roles()
+        work = self._maintenance(idle)
+        work += self._drain()
+        free = self.workers - len(self.inflight)
+        pooled = self.claim(free, self._role_ids(inline=False))
+        if pooled:
+            self.submit(pooled)
+            work += len(pooled)
+        inline = self.claim(self.batch, self._role_ids(inline=True))
+        if inline:
+            self.finish(self.run_inline(inline))
+            work += len(inline)
+        return work
+
+    def _drain(self) -> int:
+        outcomes: list[Outcome] = []
+        while True:
+            try:
+                outcomes.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        for o in outcomes:
+            self.inflight.pop(o.node_role_id, None)
+        self.finish(outcomes)
+        return len(outcomes)
+
+    def wait_inflight(self, timeout: float | None = None) -> None:
+        """Let running jigs finish and write their results (graceful stop)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.inflight and (deadline is None or time.monotonic() < deadline):
+            try:
+                outcome = self.done.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.inflight.pop(outcome.node_role_id, None)
+            self.finish([outcome])
+        self._drain()
+
+    def run_until_idle(self, timeout: float = 60.0, idle_rounds: int = 3) -> None:
+        """Step until nothing is left to do (tests, `kiln annealer run --until-idle`, the benchmark)."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < idle_rounds:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"annealer still busy after {timeout:.0f}s")
+            if self.step(idle=quiet > 0) or self.inflight:
+                quiet = 0
+                if self.inflight and self.done.empty():
+                    time.sleep(0.01)
+            else:
+                self._last_sweep = 0.0  # sweep on the next idle round before calling it done
+                quiet += 1
+
+    def close(self) -> None:
+        self.wait_inflight()
+        self.pool.shutdown(wait=True)
+
+
+def _status(outcome: Outcome, active: set[int], failed: set[int]) -> str:
+    if outcome.node_role_id in active or outcome.node_role_id in failed:
+        return "ok" if outcome.ok else "error"
+    return "discarded"  # re-annealed or recovered while it ran: its result no longer applies
