@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from appliance import events
 from appliance.errors import Conflict, InvalidInput, NotFound
-from appliance.models import Node, NodeMac
+from appliance.models import Bootenv, Node, NodeMac
 from appliance.versions import check_and_bump
 
 NODE_STATES = ("new", "discovered", "annealing", "ready", "error", "off")
@@ -164,6 +164,8 @@ def _apply(session: Session, node: Node, changes: Mapping[str, Any]) -> dict[str
             clash = session.scalar(select(Node.id).where(Node.name == value, Node.id != node.id))
             if clash is not None:
                 raise Conflict(f"node name '{value}' is taken", field="name")
+        elif key == "bootenv" and session.scalar(select(Bootenv.id).where(Bootenv.name == value)) is None:
+            raise InvalidInput("bootenv", f"no bootenv named '{value}'")
         elif key == "state" and value not in NODE_STATES:
             raise InvalidInput("state", f"must be one of {', '.join(NODE_STATES)}")
         elif key == "system_uuid" and value is not None:

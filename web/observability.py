@@ -70,7 +70,12 @@ def install_log_context(level: str = "INFO") -> None:
     for handler in root.handlers:
         if not any(isinstance(f, RequestContextFilter) for f in handler.filters):
             handler.addFilter(RequestContextFilter())
-            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            # only plain stderr/journald handlers get the context in their format; others (a test
+            # harness's, a JSON formatter) keep theirs and can read the attributes themselves
+            if type(handler) is logging.StreamHandler:
+                handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # werkzeug's own access line would repeat the one web.observability writes with the context
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 def set_user(username: str) -> None:

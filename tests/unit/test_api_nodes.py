@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from tests.unit.api_support import Api, api_fixture, sqlite_api_fixture  # noqa: F401  (fixtures)
 
 
@@ -67,6 +69,7 @@ def test_bad_node_input_is_400_naming_the_field(api: Api) -> None:
         ({"name": "ok", "state": "flying"}, "state"),
         ({"name": "ok", "system_uuid": "nope"}, "system_uuid"),
         ({"name": "ok", "surprise": 1}, "surprise"),
+        ({"name": "ok", "bootenv": "no-such-bootenv"}, "bootenv"),
         ({"description": "no name"}, "name"),
     ]
     for body, field in cases:
@@ -115,3 +118,20 @@ def test_unknown_ids_routes_and_methods_are_json(sqlite_api: Api) -> None:
     wrong = api.delete("/nodes")
     assert wrong.status_code == 405 and wrong.is_json and "GET" in wrong.headers["Allow"]
     assert api.patch("/nodes/999", {"description": "x"}).status_code == 404
+
+
+def test_concurrent_updates_from_the_same_version_let_exactly_one_win(api: Api) -> None:
+    node = _node(api)
+    path = f"/api/v2/nodes/{node['id']}"
+    headers = {"Authorization": f"Bearer {api.tokens['operator']}", "If-Match": '"1"'}
+
+    def attempt(i: int) -> int:
+        client = api.app.test_client()
+        return int(client.patch(path, json={"description": f"writer {i}"}, headers=headers).status_code)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = sorted(pool.map(attempt, range(8)))
+    assert codes == [200] + [409] * 7
+    final = api.get(f"/nodes/{node['id']}").json
+    assert final["version"] == 2 and final["description"].startswith("writer ")
+    assert len(api.events("node.update")) == 1
