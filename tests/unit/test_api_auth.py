@@ -125,3 +125,20 @@ def test_user_management_keeps_an_admin_and_records_events(api: Api) -> None:
     assert api.delete(f"/users/{carol['id']}").status_code == 204
     assert [e.actor for e in api.events("user.update")] == ["admin"]
     assert api.events("user.delete")[0].message == "user carol"
+
+
+def test_password_change_ends_existing_sessions(sqlite_api: Api) -> None:
+    browser = sqlite_api.app.test_client()
+    assert (
+        browser.post("/api/v2/login", json={"username": "operator", "password": PASSWORD}).status_code == 200
+    )
+    assert browser.get("/api/v2/me").status_code == 200
+    operator_id = browser.get("/api/v2/me").json["id"]
+    assert sqlite_api.patch(f"/users/{operator_id}", {"password": "a new password"}).status_code == 200
+    ended = browser.get("/api/v2/me")
+    assert ended.status_code == 401
+    assert (
+        browser.post("/api/v2/login", json={"username": "operator", "password": "a new password"}).status_code
+        == 200
+    )
+    assert browser.get("/api/v2/me").status_code == 200

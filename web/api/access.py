@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ def _load(user: User | None, via: str) -> Caller:
     return Caller(user.id, user.username, user.role, via)
 
 
+def _fingerprint(user: User) -> str:
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:32]
+
+
 def authenticate() -> Caller | None:
     """The caller of this request, or None when it presents no credentials at all."""
     if "kiln_caller" in g:
@@ -63,7 +68,11 @@ def authenticate() -> Caller | None:
             caller_or_none = _load(auth.user_for_token(s, value.strip()), "token")
     elif "uid" in session:
         with kiln().db.read_session() as s:
-            caller_or_none = _load(s.get(User, session["uid"]), "session")
+            user = s.get(User, session["uid"])
+            # a password change (or reset by an admin) ends every session opened with the old one
+            if user is not None and not hmac.compare_digest(session.get("pw", ""), _fingerprint(user)):
+                user = None
+            caller_or_none = _load(user, "session")
     if caller_or_none is not None:
         g.kiln_caller = caller_or_none
         set_user(caller_or_none.username)
@@ -101,6 +110,7 @@ def start_session(user: User) -> str:
     """Log `user` in on this browser; returns the session's CSRF token."""
     session.clear()
     session["uid"] = user.id
+    session["pw"] = _fingerprint(user)
     session["csrf"] = secrets.token_urlsafe(32)
     session.permanent = True
     g.kiln_caller = Caller(user.id, user.username, user.role, "session")
