@@ -1,5 +1,6 @@
 """Every model of DESIGN §3, importable from one place."""
 
+from appliance.models.agent import AGENT_TASK_KINDS, AGENT_TASK_STATES, AgentTask
 from appliance.models.annealer import (
     AnnealerHeartbeat,
     Attribute,
@@ -17,8 +18,11 @@ from appliance.models.ipam import RANGE_KINDS, Allocation, Lease, Network, Range
 from appliance.models.nodes import Bootenv, BootFetch, BootToken, Node, NodeMac
 
 __all__ = [
+    "AGENT_TASK_KINDS",
+    "AGENT_TASK_STATES",
     "RANGE_KINDS",
     "USER_ROLES",
+    "AgentTask",
     "Allocation",
     "AnnealerHeartbeat",
     "Attribute",
