@@ -1,0 +1,293 @@
+"""What to answer to a DHCP message: RFC 2131 state handling, options, boot information.
+
+No sockets here: `Responder.handle()` takes a parsed packet and the interface it came in on and returns
+an `Outgoing` (bytes and where to send them, and the lease row that must be committed first).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from services.dhcp import bootfile, options
+from services.dhcp.backend import Backend, LeaseRecord, NetworkInfo
+from services.dhcp.packet import (
+    ACK,
+    BOOTREPLY,
+    BOOTREQUEST,
+    BROADCAST_FLAG,
+    DECLINE,
+    DISCOVER,
+    INFORM,
+    NAK,
+    OFFER,
+    OPT_CLIENT_UUID,
+    OPT_RELAY_AGENT,
+    RELEASE,
+    REQUEST,
+    Packet,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+BROADCAST = "255.255.255.255"
+SERVER_PORT = 67
+CLIENT_PORT = 68
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """A served interface: its name and its own IPv4 address (the server identifier on it)."""
+
+    name: str
+    address: int
+
+
+@dataclass(slots=True)
+class Outgoing:
+    data: bytes | None
+    destination: tuple[str, int]
+    # written durably before `data` is sent (ACK) or with nothing to send (RELEASE, DECLINE)
+    lease: LeaseRecord | None = None
+    kind: int = 0
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    advertise: str | None  # None: the receiving interface's address
+    web_port: int
+    uefi_loader: str
+    lease_seconds: int
+    domain: str
+    proxy: bool = False
+
+
+class Responder:
+    def __init__(self, backend: Backend, config: ResponderConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._static: dict[tuple[NetworkInfo, int], dict[int, bytes]] = {}
+
+    # -- entry point ------------------------------------------------------------------------------------
+
+    def handle(self, packet: Packet, iface: Interface, now: float) -> Outgoing | None:
+        kind = packet.message_type
+        if packet.op != BOOTREQUEST or kind is None:
+            return None
+        if self.config.proxy:
+            return self._proxy(packet, iface, kind)
+        network = self.backend.network_for(iface.name, iface.address, packet.giaddr)
+        if network is None:
+            return None
+        mac = packet.mac
+        if kind == DISCOVER:
+            binding = self.backend.allocate(network, mac, packet.requested_address, now)
+            if binding is None:
+                return None
+            return self._reply(packet, iface, network, OFFER, binding.address, binding.hostname)
+        if kind == REQUEST:
+            return self._request(packet, iface, network, now)
+        if kind == DECLINE:
+            return self._give_back(packet, iface, network, packet.requested_address, "declined", now)
+        if kind == RELEASE:
+            return self._give_back(packet, iface, network, packet.ciaddr, "released", now)
+        if kind == INFORM:
+            return self._reply(packet, iface, network, ACK, 0, None, lease=False)
+        return None
+
+    def _request(self, packet: Packet, iface: Interface, network: NetworkInfo, now: float) -> Outgoing | None:
+        server_id = packet.server_id
+        if server_id is not None:
+            # SELECTING: the client answers one server's offer and tells the others by broadcast
+            if server_id != iface.address:
+                self.backend.forget_offer(network, packet.mac)
+                return None
+            address = packet.requested_address or packet.ciaddr
+        elif packet.ciaddr:
+            address = packet.ciaddr  # RENEWING (unicast) or REBINDING (broadcast)
+        else:
+            address = packet.requested_address or 0  # INIT-REBOOT
+        if not address:
+            return None
+        if not network.contains(address):
+            return self._nak(packet, iface, "address not on this network")
+        ends = now + self.config.lease_seconds
+        binding = self.backend.claim(network, packet.mac, address, now, ends)
+        if binding is None:
+            return self._nak(packet, iface, "address not available")
+        reply = self._reply(packet, iface, network, ACK, binding.address, binding.hostname)
+        reply.lease = LeaseRecord(
+            network_id=network.id,
+            mac=packet.mac,
+            address=binding.address,
+            state="active",
+            starts=now,
+            ends=ends,
+            client_id=packet.client_id,
+            hostname=binding.hostname or packet.hostname,
+            relay=options.ip_text(packet.giaddr) if packet.giaddr else None,
+            client_arch=packet.client_arch,
+            vendor_class=packet.vendor_class or None,
+            ipxe=packet.is_ipxe,
+        )
+        return reply
+
+    def _give_back(
+        self,
+        packet: Packet,
+        iface: Interface,
+        network: NetworkInfo,
+        address: int | None,
+        state: str,
+        now: float,
+    ) -> Outgoing | None:
+        if not address or (packet.server_id is not None and packet.server_id != iface.address):
+            return None
+        if not self.backend.release(network, packet.mac, address, state, now):
+            return None
+        ends = now + (600 if state == "declined" else 0)
+        record = LeaseRecord(network.id, packet.mac, address, state, now, ends)
+        kind = DECLINE if state == "declined" else RELEASE
+        return Outgoing(None, ("", 0), lease=record, kind=kind)
+
+    # -- replies ----------------------------------------------------------------------------------------
+
+    def _destination(self, packet: Packet, kind: int) -> tuple[str, int]:
+        if packet.giaddr:
+            return options.ip_text(packet.giaddr), SERVER_PORT
+        if kind != NAK and packet.ciaddr:
+            return options.ip_text(packet.ciaddr), CLIENT_PORT
+        # A client without an address cannot answer ARP; broadcasting avoids injecting ARP entries.
+        return BROADCAST, CLIENT_PORT
+
+    def _nak(self, packet: Packet, iface: Interface, why: str) -> Outgoing:
+        log.debug("dhcp: NAK %s xid=%08x: %s", packet.mac, packet.xid, why)
+        reply = Packet(
+            op=BOOTREPLY,
+            xid=packet.xid,
+            chaddr=packet.chaddr,
+            htype=packet.htype,
+            flags=packet.flags | (BROADCAST_FLAG if packet.giaddr else 0),
+            giaddr=packet.giaddr,
+            options={53: bytes((NAK,)), 54: options.ip(iface.address), 56: options.text(why)},
+        )
+        if OPT_RELAY_AGENT in packet.options:
+            reply.options[OPT_RELAY_AGENT] = packet.options[OPT_RELAY_AGENT]
+        return Outgoing(encode(reply), self._destination(packet, NAK), kind=NAK)
+
+    def _static_options(self, network: NetworkInfo, server_id: int) -> dict[int, bytes]:
+        key = (network, server_id)
+        cached = self._static.get(key)
+        if cached is not None:
+            return cached
+        if len(self._static) > 1024:
+            self._static.clear()
+        advertise = self.config.advertise or options.ip_text(server_id)
+        lease = self.config.lease_seconds
+        static: dict[int, bytes] = {
+            options.SERVER_ID: options.ip(server_id),
+            options.LEASE_TIME: options.u32(lease),
+            options.RENEWAL_TIME: options.u32(lease // 2),
+            options.REBINDING_TIME: options.u32(lease * 7 // 8),
+            options.SUBNET_MASK: options.ip(network.netmask),
+        }
+        if network.routers:
+            static[options.ROUTERS] = options.ip_list(network.routers)
+        static[options.DNS_SERVERS] = options.ip_list(network.dns_servers or (advertise,))
+        domain = network.domain or self.config.domain
+        static[options.DOMAIN_NAME] = options.text(domain)
+        static[options.BROADCAST_ADDRESS] = options.ip(network.broadcast)
+        if network.ntp_servers:
+            static[options.NTP_SERVERS] = options.ip_list(network.ntp_servers)
+        if network.mtu:
+            static[options.MTU] = options.u16(network.mtu)
+        static[options.DOMAIN_SEARCH] = options.domain_search([domain])
+        self._static[key] = static
+        return static
+
+    def _reply(
+        self,
+        packet: Packet,
+        iface: Interface,
+        network: NetworkInfo,
+        kind: int,
+        address: int,
+        hostname: str | None,
+        *,
+        lease: bool = True,
+    ) -> Outgoing:
+        opts: dict[int, bytes] = {53: bytes((kind,))}
+        static = self._static_options(network, iface.address)
+        if lease:
+            opts.update(static)
+        else:
+            # INFORM: configuration only, never a lease time (RFC 2131 §3.4)
+            opts.update((k, v) for k, v in static.items() if k not in (51, 58, 59))
+        if hostname:
+            opts[options.HOSTNAME] = options.text(hostname)
+        reply = Packet(
+            op=BOOTREPLY,
+            xid=packet.xid,
+            chaddr=packet.chaddr,
+            htype=packet.htype,
+            flags=packet.flags,
+            ciaddr=packet.ciaddr,
+            yiaddr=address,
+            giaddr=packet.giaddr,
+            options=opts,
+        )
+        self._boot(packet, reply, iface)
+        if OPT_RELAY_AGENT in packet.options:
+            opts[OPT_RELAY_AGENT] = packet.options[OPT_RELAY_AGENT]
+        return Outgoing(encode(reply), self._destination(packet, kind), kind=kind)
+
+    def _boot(self, packet: Packet, reply: Packet, iface: Interface) -> bool:
+        """Add boot information for a netbooting client; False for any other client."""
+        if not bootfile.is_netboot_client(packet):
+            return False
+        advertise = self.config.advertise or options.ip_text(iface.address)
+        choice = bootfile.choose(
+            packet, advertise=advertise, web_port=self.config.web_port, uefi_loader=self.config.uefi_loader
+        )
+        if choice is None:
+            return False
+        opts = reply.options
+        reply.siaddr = options.ip_int(advertise)
+        name = options.text(choice.filename)
+        if len(name) <= 127:
+            reply.file = name
+        if not choice.over_http:
+            opts[options.TFTP_SERVER_NAME] = options.text(advertise)
+        opts[options.BOOTFILE_NAME] = name
+        if choice.vendor_class:
+            opts[options.VENDOR_CLASS] = options.text(choice.vendor_class)
+        if OPT_CLIENT_UUID in packet.options:
+            opts[OPT_CLIENT_UUID] = packet.options[OPT_CLIENT_UUID]
+        if packet.is_ipxe and not self.config.proxy:
+            opts[options.IPXE_ENCAP] = options.IPXE_NO_PXEDHCP
+        return True
+
+    # -- proxyDHCP --------------------------------------------------------------------------------------
+
+    def _proxy(self, packet: Packet, iface: Interface, kind: int) -> Outgoing | None:
+        """Boot information only, no address: another server on the segment owns addresses (PXE 2.1)."""
+        if kind not in (DISCOVER, REQUEST, INFORM) or not bootfile.is_netboot_client(packet):
+            return None
+        if kind == REQUEST and packet.server_id not in (None, iface.address):
+            return None
+        reply = Packet(
+            op=BOOTREPLY,
+            xid=packet.xid,
+            chaddr=packet.chaddr,
+            htype=packet.htype,
+            flags=packet.flags,
+            ciaddr=packet.ciaddr,
+            giaddr=packet.giaddr,
+            options={53: bytes((OFFER if kind == DISCOVER else ACK,)), 54: options.ip(iface.address)},
+        )
+        if not self._boot(packet, reply, iface):
+            return None
+        reply.options.setdefault(options.VENDOR_CLASS, b"PXEClient")
+        reply.options[options.VENDOR_SPECIFIC] = options.PXE_DISCOVERY_CONTROL
+        return Outgoing(encode(reply), self._destination(packet, OFFER), kind=kind)
