@@ -157,7 +157,7 @@ def add_nodes(
             select(NodeRole.node_id, NodeRole.role_id).where(
                 NodeRole.node_id.in_(node_ids), NodeRole.deployment_id.in_({deployment.id, system.id})
             )
-        ).tuples()
+        )
     )
     mine = {
         (n, r)
@@ -165,7 +165,7 @@ def add_nodes(
             select(NodeRole.node_id, NodeRole.role_id, NodeRole.deployment_id).where(
                 NodeRole.node_id.in_(node_ids), NodeRole.deployment_id == deployment.id
             )
-        ).tuples()
+        )
     }
     rows: list[dict[str, Any]] = []
     for role in bound:
@@ -436,7 +436,7 @@ def set_discovery(
             select(NodeRole.id, Role.inputs)
             .join(Role, Role.id == NodeRole.role_id)
             .where(NodeRole.node_id == node_id)
-        ).tuples()
+        )
         if changed & set(inputs or {})
     ]
     reanneal(session, affected, actor=actor, reason="discovery data changed")

@@ -26,7 +26,7 @@ def deployment_graph(session: Session, deployment_id: int, *, node_roles: bool =
         select(NodeRole.role_id, NodeRole.state, func.count())
         .where(NodeRole.deployment_id == deployment_id)
         .group_by(NodeRole.role_id, NodeRole.state)
-    ).tuples():
+    ):
         counts[role_id][state] = count
     roles = {r.id: r for r in session.scalars(select(Role).where(Role.id.in_(list(counts))))}
     by_name = {r.name: r for r in roles.values()}
@@ -60,12 +60,12 @@ def deployment_graph(session: Session, deployment_id: int, *, node_roles: bool =
             .join(Role, Role.id == NodeRole.role_id)
             .where(NodeRole.deployment_id == deployment_id)
             .order_by(NodeRole.cohort, NodeRole.id)
-        ).tuples()
+        )
         edges = session.execute(
             select(NodeRoleEdge.parent_id, NodeRoleEdge.child_id)
             .join(child, child.id == NodeRoleEdge.child_id)
             .where(child.deployment_id == deployment_id)
-        ).tuples()
+        )
         graph["node_roles"] = {
             "nodes": [{"id": i, "node": n, "role": r, "state": s, "cohort": c} for i, n, r, s, c in rows],
             "edges": [{"parent": p, "child": c} for p, c in edges],

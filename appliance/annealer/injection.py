@@ -117,7 +117,7 @@ def gather_inputs(
         return result
     node_ids = {row[1] for row in wanted}
     discovery: dict[int, Any] = dict(
-        db.execute(select(Node.id, Node.discovery).where(Node.id.in_(node_ids))).tuples().all()
+        db.execute(select(Node.id, Node.discovery).where(Node.id.in_(node_ids))).all()
     )
     dep_ids = {row[3] for row in wanted}
     role_ids = {row[2] for row in wanted}
@@ -127,11 +127,11 @@ def gather_inputs(
             select(DeploymentRole.deployment_id, DeploymentRole.role_id, DeploymentRole.committed_data).where(
                 DeploymentRole.deployment_id.in_(dep_ids), DeploymentRole.role_id.in_(role_ids)
             )
-        ).tuples()
+        )
     }
     wanted_ids = [row[0] for row in wanted]
     user: dict[int, Any] = dict(
-        db.execute(select(NodeRole.id, NodeRole.user_data).where(NodeRole.id.in_(wanted_ids))).tuples().all()
+        db.execute(select(NodeRole.id, NodeRole.user_data).where(NodeRole.id.in_(wanted_ids))).all()
     )
     walls: dict[int, list[Mapping[str, Any]]] = {}
     rows = db.execute(
@@ -139,7 +139,7 @@ def gather_inputs(
         .join(NodeRole, NodeRole.id == NodeRoleEdge.parent_id)
         .where(NodeRoleEdge.child_id.in_(wanted_ids))
         .order_by(NodeRoleEdge.child_id, NodeRole.cohort, NodeRole.id)
-    ).tuples()
+    )
     for child_id, wall in rows:
         walls.setdefault(child_id, []).append(wall or {})
     for nr_id, node_id, role_id, dep_id in wanted:

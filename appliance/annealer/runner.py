@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 
 from appliance.annealer import states
 from appliance.annealer.bulk import insert_rows
@@ -142,7 +142,7 @@ class Annealer:
         with self.db.read_session() as session:
             rows = session.execute(
                 select(Role.id, Role.name, Role.jig, Role.inputs, Role.outputs, Role.jig_data)
-            ).tuples()
+            )
             self.roles = {
                 rid: RoleInfo(rid, name, REGISTRY.get(jig), inputs or {}, outputs or {}, jig_data or {})
                 for rid, name, jig, inputs, outputs, jig_data in rows
@@ -261,7 +261,7 @@ class Annealer:
                 nid: (name, hint)
                 for nid, name, hint in session.execute(
                     select(Node.id, Node.name, Node.hint).where(Node.id.in_({c.node_id for c in claimed}))
-                ).tuples()
+                )
             }
         for c in claimed:
             future = self.pool.submit(self._run_one, c, inputs[c.id], self._context(c, nodes.get(c.node_id)))
@@ -508,9 +508,26 @@ class Annealer:
                 quiet = 0
                 if self.inflight and self.done.empty():
                     time.sleep(0.01)
+            elif self._next_retry_in() is not None:
+                quiet = 0
+                time.sleep(min(self._next_retry_in() or 0.0, 0.5, max(deadline - time.monotonic(), 0)))
             else:
                 self._last_sweep = 0.0  # sweep on the next idle round before calling it done
                 quiet += 1
+
+    def _next_retry_in(self) -> float | None:
+        """Seconds until the earliest backed-off retry, or None when no retry is pending."""
+        with self.db.read_session() as session:
+            first = session.scalar(
+                select(func.min(nr_t.c.retry_at)).where(
+                    nr_t.c.state == states.TODO, nr_t.c.retry_at.is_not(None)
+                )
+            )
+        if first is None:
+            return None
+        if first.tzinfo is None:  # SQLite hands back naive UTC
+            first = first.replace(tzinfo=dt.UTC)
+        return max((first - utcnow()).total_seconds(), 0.0)
 
     def close(self) -> None:
         self.wait_inflight()

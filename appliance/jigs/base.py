@@ -49,13 +49,15 @@ class Jig(abc.ABC):
 
 
 def declared_outputs(noderole: NodeRoleContext, inputs: Inputs) -> dict[str, Any]:
-    """Outputs computed from the declaration alone: `from: <input>` copies an input, else the default."""
+    """Outputs computed from the declaration alone: `from: <input>` copies an input, else the default.
+
+    A jig returns its log, if any, under the reserved key `_log`; the annealer moves it to the run log.
+    """
     outputs: dict[str, Any] = {}
     for name, spec in noderole.outputs.items():
-        if "from" in spec:
-            outputs[name] = inputs[spec["from"]]
-        elif "default" in spec:
-            outputs[name] = spec["default"]
+        value = inputs[spec["from"]] if "from" in spec else spec.get("default")
+        if value is not None:  # nothing to publish: children keep their own lower layers
+            outputs[name] = value
     return outputs
 
 
