@@ -5,6 +5,7 @@ from __future__ import annotations
 from appliance.cli import (  # noqa: F401  (registers commands)
     annealer,
     db,
+    lab,
     networks,
     nodes,
     serve,
