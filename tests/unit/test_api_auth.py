@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 from tests.unit.api_support import PASSWORD, Api, api_fixture, sqlite_api_fixture  # noqa: F401  (fixtures)
+from web.throttle import LoginThrottle
 
 
 def test_requests_without_valid_credentials_are_401(sqlite_api: Api) -> None:
@@ -142,3 +143,22 @@ def test_password_change_ends_existing_sessions(sqlite_api: Api) -> None:
         == 200
     )
     assert browser.get("/api/v2/me").status_code == 200
+
+
+def test_login_throttle_backs_off_exponentially_capped_and_resets_on_success() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    for _ in range(5):
+        throttle.failed("ip:a", "user:x")
+    assert throttle.retry_after("ip:a", "user:x") == 0
+    waits = []
+    for _ in range(12):
+        throttle.failed("ip:a", "user:x")
+        waits.append(throttle.retry_after("user:x"))
+    assert waits[:4] == [2, 4, 8, 16] and waits[-1] == 300
+    assert throttle.retry_after("ip:b", "user:y") == 0
+    now[0] += 301
+    assert throttle.retry_after("ip:a") == 0
+    throttle.succeeded("ip:a", "user:x")
+    throttle.failed("ip:a")
+    assert throttle.retry_after("ip:a") == 0
