@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from flask import Blueprint
 
 import web.api
+from appliance.db import Database
 from tests.unit.api_support import Api, sqlite_api_fixture  # noqa: F401  (fixtures)
 from web.app import create_app
 from web.observability import RequestContextFilter
@@ -75,3 +77,14 @@ def test_routes_added_without_endpoint_still_require_login(
     assert client.post("/api/v2/plain", headers=operator).status_code == 200
     doc = client.get("/api/v2/openapi.json").json
     assert doc["paths"]["/plain"]["get"]["x-kiln-undocumented"] is True
+
+
+def test_unreachable_database_is_503_with_retry_after(sqlite_api: Api, tmp_path: Path) -> None:
+    gone = Database(f"postgresql+psycopg://kiln@/kiln?host={tmp_path / 'no-such-socket-dir'}")
+    app = create_app(sqlite_api.app.extensions["kiln"].settings, gone, TESTING=True)
+    r = app.test_client().get(
+        "/api/v2/nodes", headers={"Authorization": f"Bearer {sqlite_api.tokens['admin']}"}
+    )
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5" and r.is_json
+    assert "Traceback" not in r.data.decode()
+    gone.dispose()

@@ -3,6 +3,7 @@
 - appliance.errors.KilnError → its `status` and `to_dict()`;
 - pydantic ValidationError → 400 naming the first bad field (`macs.0.mac`);
 - IntegrityError from the database (a race on a unique name) → 409;
+- OperationalError (database locked past its timeout, PostgreSQL unreachable) → 503 with Retry-After;
 - werkzeug HTTPException (404 unknown route, 405...) → JSON under /api, Flask's page elsewhere;
 - anything else → 500 `{"error": "internal error", "request_id": ...}`, the traceback only in the log.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from appliance.errors import KilnError
@@ -57,6 +58,14 @@ def register_error_handlers(app: Flask) -> None:
     def _integrity_error(exc: IntegrityError) -> Response:
         log.info("integrity error turned into 409: %s", exc.orig)
         return error_response(409, "the change conflicts with existing data (duplicate or still referenced)")
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError) -> Response:
+        # SQLite busy past its 30 s timeout, PostgreSQL down or restarting: the client may retry
+        log.error("database unavailable: %s", exc.orig)
+        response = error_response(503, "database unavailable; try again shortly")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | HTTPException:
