@@ -134,6 +134,7 @@ class Annealer:
         self._roles_loaded = 0.0
         self._last_recover = 0.0
         self._last_sweep = 0.0
+        self.recover_interval = min(5.0, lease_seconds / 4)
         self._last_renew = time.monotonic()
 
     # -- roles ---------------------------------------------------------------------------------
@@ -443,7 +444,7 @@ class Annealer:
         moved = 0
         if now - self._roles_loaded > 10:
             self.load_roles()
-        if now - self._last_recover > min(5.0, lease / 4):
+        if now - self._last_recover > self.recover_interval:
             self._last_recover = now
             moved += self.recover_expired()
         if now - self._last_renew > lease / 3:
@@ -498,7 +499,11 @@ class Annealer:
         self._drain()
 
     def run_until_idle(self, timeout: float = 60.0, idle_rounds: int = 3) -> None:
-        """Step until nothing is left to do (tests, `kiln annealer run --until-idle`, the benchmark)."""
+        """Step until nothing is left to do: no runnable work, no retry pending, nothing running anywhere.
+
+        A node-role held by a dead annealer counts as running until its lease expires and this annealer
+        recovers it (tests, `kiln annealer run --until-idle`).
+        """
         deadline = time.monotonic() + timeout
         quiet = 0
         while quiet < idle_rounds:
@@ -516,18 +521,21 @@ class Annealer:
                 quiet += 1
 
     def _next_retry_in(self) -> float | None:
-        """Seconds until the earliest backed-off retry, or None when no retry is pending."""
+        """Seconds until a backed-off retry or another annealer's lease comes due; None if neither."""
         with self.db.read_session() as session:
-            first = session.scalar(
+            retry: dt.datetime | None = session.scalar(
                 select(func.min(nr_t.c.retry_at)).where(
                     nr_t.c.state == states.TODO, nr_t.c.retry_at.is_not(None)
                 )
             )
-        if first is None:
+            lease: dt.datetime | None = session.scalar(
+                select(func.min(nr_t.c.lease_expires_at)).where(nr_t.c.state == states.TRANSITION)
+            )
+        due = [t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (retry, lease) if t is not None]
+        if not due:
             return None
-        if first.tzinfo is None:  # SQLite hands back naive UTC
-            first = first.replace(tzinfo=dt.UTC)
-        return max((first - utcnow()).total_seconds(), 0.0)
+        # another annealer may finish its runs before its lease is due: look again soon
+        return min(max((min(due) - utcnow()).total_seconds(), 0.0), 0.2 if lease else 60.0)
 
     def close(self) -> None:
         self.wait_inflight()
