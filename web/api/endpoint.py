@@ -92,7 +92,10 @@ def endpoint(
             return render(func(**kwargs), response, status)
 
         view.kiln_spec = spec  # type: ignore[attr-defined]
-        bp.add_url_rule(rule, endpoint=f"{func.__name__}_{method.lower()}", view_func=view, methods=[method])
+        # one function may serve several methods (stacked decorators): the method keeps endpoints apart
+        suffix = f"_{method.lower()}"
+        name = func.__name__ if func.__name__.endswith(suffix) else func.__name__ + suffix
+        bp.add_url_rule(rule, endpoint=name, view_func=view, methods=[method])
         return func
 
     return decorate
