@@ -6,6 +6,9 @@ stats event. An unreachable host is retryable; a failed task is not.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,15 @@ from typing import Any
 from appliance.annealer.injection import Inputs
 from appliance.errors import JigError
 from appliance.jigs.base import Jig, NodeRoleContext, require_jig_data
+
+
+def ansible_playbook() -> str:
+    """ansible-playbook from this Python's environment (a venv's bin is often not on PATH), else PATH."""
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    if not found:
+        raise JigError("ansible-playbook not found: install ansible-core")
+    return found
 
 
 def playbook_path(noderole: NodeRoleContext) -> Path:
@@ -45,7 +57,11 @@ class AnsibleJig(Jig):
         }
         if access.get("key_file"):
             host_vars["ansible_ssh_private_key_file"] = str(access["key_file"])
-        envvars = {"ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1"}
+        envvars = {
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "PATH": f"{Path(ansible_playbook()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
         with tempfile.TemporaryDirectory(prefix="kiln-ansible-") as private:
             if access.get("host_key"):
                 known = Path(private) / "known_hosts"

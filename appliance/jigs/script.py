@@ -7,6 +7,7 @@ retryable (the node may still be booting); authentication failures and script er
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
@@ -44,7 +45,7 @@ def connect(noderole: NodeRoleContext, timeout: float = 15.0) -> paramiko.SSHCli
     client = paramiko.SSHClient()
     if access.get("host_key"):
         kind, data = str(access["host_key"]).split()[:2]
-        key = paramiko.PKey.from_type_string(kind, paramiko.util.b64decode(data.encode()))
+        key = paramiko.PKey.from_type_string(kind, base64.b64decode(data))
         name = host if port == 22 else f"[{host}]:{port}"
         client.get_host_keys().add(name, kind, key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -64,6 +65,11 @@ def connect(noderole: NodeRoleContext, timeout: float = 15.0) -> paramiko.SSHCli
             allow_agent=False,
             look_for_keys=False,
         )
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise JigError(
+            f"node {noderole.node_name}: SSH host key does not match the known one: {exc}"
+        ) from exc
     except paramiko.AuthenticationException as exc:
         client.close()
         raise JigError(f"node {noderole.node_name}: SSH authentication failed: {exc}") from exc
@@ -101,7 +107,7 @@ class ScriptJig(Jig):
                 remote.write(body)
             sftp.chmod(path, 0o700)
         stdin, stdout, stderr = client.exec_command(f"{path}; rc=$?; rm -f {path}; exit $rc", timeout=timeout)
-        stdin.write(json.dumps(inputs.to_dict()))
+        stdin.write(json.dumps(inputs.to_dict()) + "\n")  # one line, so `read -r` works in sh
         stdin.channel.shutdown_write()
         try:
             out = stdout.read().decode(errors="replace")
