@@ -27,7 +27,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/kiln/kiln.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/kiln")
 # Prometheus ports of the processes a systemd install runs, one per unit (a process running several
 # services, such as `kiln serve`, uses metrics_port instead).
-DEFAULT_METRICS_PORTS = {"web": 9671, "dhcp": 9672, "tftp": 9673, "dns": 9674, "annealer": 9675}
+DEFAULT_METRICS_PORTS = {"web": 9671, "dhcp": 9672, "tftp": 9673, "dns": 9674, "annealer": 9675, "ra": 9676}
 
 
 class _TomlSource(PydanticBaseSettingsSource):
