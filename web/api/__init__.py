@@ -34,6 +34,8 @@ MODULES = [
     "web.api.users",
     "web.api.events",
     "web.api.discovery",
+    "web.api.events_stream",
+    "web.api.annealer",
 ]
 
 

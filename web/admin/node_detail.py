@@ -1,0 +1,150 @@
+"""One node: inventory, addresses, BMC and power, bootenv, node-roles with their runs, events.
+
+Three live fragments (summary, roles, events) are re-fetched by kiln.js when an event names the node
+or one of its node-roles. Buttons post to the actions below, which call the same functions as the
+API and CLI (appliance.bmc.power, appliance.nodes, appliance.annealer.deployments).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from flask import Blueprint, request, url_for
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+from werkzeug.wrappers.response import Response as WerkzeugResponse
+
+from appliance import nodes
+from appliance.annealer import deployments as deployment_ops
+from appliance.bmc.power import power_nodes
+from appliance.errors import InvalidInput
+from appliance.models import Allocation, Deployment, Event, Lease, Network, NodeRole, Role, Run
+from web.admin.guard import action, done, page
+from web.admin.nodes import power_summary, reprovision
+from web.admin.rendering import render
+from web.api.access import Caller
+from web.context import kiln
+
+bp = Blueprint("node_detail", __name__)
+
+POWER_BUTTONS = (("on", "Power on"), ("off", "Power off"), ("cycle", "Power cycle"), ("status", "Read state"))
+RUNS_PER_ROLE = 3
+EVENTS_SHOWN = 40
+
+
+def _node_roles(session: Session, node_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(NodeRole, Role.name, Role.jig, Deployment.name)
+        .join(Role, Role.id == NodeRole.role_id)
+        .join(Deployment, Deployment.id == NodeRole.deployment_id)
+        .where(NodeRole.node_id == node_id)
+        .order_by(NodeRole.cohort, Role.name, NodeRole.id)
+    ).all()
+    ids = [nr.id for nr, *_ in rows]
+    runs: dict[int, list[Run]] = defaultdict(list)
+    for run in session.scalars(
+        select(Run).where(Run.node_role_id.in_(ids)).order_by(Run.id.desc()).limit(RUNS_PER_ROLE * 40)
+    ):
+        if len(runs[run.node_role_id]) < RUNS_PER_ROLE:
+            runs[run.node_role_id].append(run)
+    return [
+        {"nr": nr, "role": role, "jig": jig, "deployment": dep, "runs": runs.get(nr.id, [])}
+        for nr, role, jig, dep in rows
+    ]
+
+
+def _events(session: Session, node_id: int, node_role_ids: list[int]) -> list[Event]:
+    mine = and_(Event.subject_type == "node", Event.subject_id == node_id)
+    theirs = and_(Event.subject_type == "node_role", Event.subject_id.in_(node_role_ids))
+    return list(
+        session.scalars(
+            select(Event)
+            .where(or_(mine, theirs) if node_role_ids else mine)
+            .order_by(Event.id.desc())
+            .limit(EVENTS_SHOWN)
+        )
+    )
+
+
+def node_context(session: Session, node_id: int) -> dict[str, Any]:
+    node = nodes.get_node(session, node_id)
+    roles = _node_roles(session, node_id)
+    nr_ids = [r["nr"].id for r in roles]
+    macs = [m.mac for m in node.macs]
+    allocations = session.execute(
+        select(Allocation, Network.name)
+        .join(Network, Network.id == Allocation.network_id)
+        .where(Allocation.node_id == node_id)
+        .order_by(Network.name, Allocation.address_int)
+    ).all()
+    leases = list(session.scalars(select(Lease).where(Lease.mac.in_(macs)).order_by(Lease.starts_at.desc())))
+    deployment = session.get(Deployment, node.deployment_id) if node.deployment_id else None
+    target = session.get(Role, node.target_role_id) if node.target_role_id else None
+    subjects = " ".join([f"node:{node_id}", *(f"node_role:{i}" for i in nr_ids)])
+    return {
+        "node": node,
+        "inventory": node.inventory or {},
+        "roles": roles,
+        "allocations": allocations,
+        "leases": leases,
+        "deployment": deployment,
+        "target_role": target.name if target else None,
+        "events": _events(session, node_id, nr_ids),
+        "subjects": subjects,
+        "power_buttons": POWER_BUTTONS,
+        "has_bmc": bool(node.bmc_address),
+    }
+
+
+@bp.get("/nodes/<int:node_id>")
+@page
+def node_page(node_id: int) -> str:
+    with kiln().db.read_session() as s:
+        context = node_context(s, node_id)
+    base = url_for("admin.node_detail.node_page", node_id=node_id)
+    fragments = {
+        "summary": "admin/_node_summary.html",
+        "roles": "admin/_node_roles.html",
+        "events": "admin/_node_events.html",
+    }
+    return render("admin/node.html", fragments, base_url=base, **context)
+
+
+@bp.post("/nodes/<int:node_id>/power")
+@action("operator")
+def node_power(who: Caller, node_id: int) -> WerkzeugResponse:
+    verb = request.form.get("power", "")
+    if verb not in dict(POWER_BUTTONS):
+        raise InvalidInput("power", "choose on, off, cycle or status")
+    web = kiln()
+    results = power_nodes(web.db, web.settings, [node_id], verb, actor=who.username)
+    return done(power_summary(verb, results))
+
+
+@bp.post("/nodes/<int:node_id>/reprovision")
+@action("operator")
+def node_reprovision(who: Caller, node_id: int) -> WerkzeugResponse:
+    return done(reprovision(who, [node_id]))
+
+
+@bp.post("/nodes/<int:node_id>/flags")
+@action("operator")
+def node_flags(who: Caller, node_id: int) -> WerkzeugResponse:
+    """Toggle alive / available: an operator parks a node without deleting it."""
+    flag = request.form.get("flag", "")
+    if flag not in ("alive", "available"):
+        raise InvalidInput("flag", "alive or available")
+    value = request.form.get("value") == "true"
+    with kiln().db.session() as s:
+        node = nodes.update_node(s, node_id, {flag: value}, actor=who.username)
+        name = node.name
+    return done(f"{name}: {flag} set to {'yes' if value else 'no'}")
+
+
+@bp.post("/node_roles/<int:node_role_id>/retry")
+@action("operator")
+def node_role_retry(who: Caller, node_role_id: int) -> WerkzeugResponse:
+    with kiln().db.session() as s:
+        state = deployment_ops.retry(s, node_role_id, actor=who.username)
+    return done(f"node-role {node_role_id} retried: now {state}")
