@@ -6,16 +6,20 @@ RMCP+ session, so Kiln never uses cipher suite 0; `security()` reports a BMC tha
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi import command as ipmi_command
 from pyghmi.ipmi import fru as ipmi_fru
+from pyghmi.ipmi.private import session as ipmi_session
 
 from appliance.bmc.base import (
     PRIVILEGES,
@@ -79,25 +83,81 @@ def _classify(target: BMCTarget, what: str, exc: Exception) -> BMCError:
     return BMCError(f"{where}: {what} failed: {text or hex(code)}")
 
 
+_wakeup_fix_lock = threading.Lock()
+_wakeup_fixed = False
+
+
+def _fix_pyghmi_wakeup_race() -> None:
+    """Stop pyghmi from sleeping on a reply it already has.
+
+    pyghmi 1.6's Session.awaitresponse() sends, then parks in _io_wait() until its I/O thread sees
+    a packet from the BMC. A BMC that answers within ~0.1 ms (ipmi_sim on loopback, measured) has its
+    reply read into the session's queue *before* the caller parks, so the caller sleeps until the
+    0.5-1 s retransmit timer: every Get User Name took 0.55-1.0 s, and 63 of them made one user
+    listing take 30 s. The wrapper returns at once when a reply for that BMC is already queued.
+    """
+    global _wakeup_fixed
+    with _wakeup_fix_lock:
+        if _wakeup_fixed:
+            return
+        original = ipmi_session._io_wait
+
+        def io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> Any:
+            if myaddr is not None and evq is None:
+                handlers = ipmi_session.Session.bmc_handlers.get(myaddr, {})
+                if any(sess.pktqueue for sess in list(handlers.values())):
+                    return None
+            return original(timeout, myaddr, evq)
+
+        ipmi_session._io_wait = io_wait
+        _wakeup_fixed = True
+
+
+@dataclass
+class _SharedSession:
+    """The one pyghmi Command (RMCP+ session) of a BMC and user, shared by every driver for it.
+
+    pyghmi itself hands a second Command() for the same BMC and credentials the first one's session,
+    and that second login then hangs (measured: 10 s, every time); so Kiln keeps exactly one.
+    """
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cmd: Any = None
+    channel: int | None = None
+
+
+_sessions_lock = threading.Lock()
+_sessions: dict[tuple[str, int, str, str], _SharedSession] = {}
+
+
+def _shared_session(target: BMCTarget) -> _SharedSession:
+    digest = hashlib.sha256(target.password.encode()).hexdigest()
+    key = (target.host, target.port or 623, target.username, digest)
+    with _sessions_lock:
+        return _sessions.setdefault(key, _SharedSession())
+
+
 class IPMIDriver(BMCDriver):
     name = "ipmi"
 
     def __init__(self, target: BMCTarget) -> None:
         super().__init__(target)
-        self._cmd: Any = None
-        self._channel: int | None = None
+        _fix_pyghmi_wakeup_race()
+        self._shared = _shared_session(target)
+        self.lock = self._shared.lock
 
     # --- session -----------------------------------------------------------------------------
 
     def _session(self) -> Any:
-        if self._cmd is None:
-            self._cmd = self._login()
-        return self._cmd
+        if self._shared.cmd is None:
+            self._shared.cmd = self._login()
+        return self._shared.cmd
 
     def _login(self) -> Any:
         """pyghmi logs in inside Command() and gives up on a silent BMC only after its own ~5 s of
         retransmits; a helper thread holds the login to the target's timeout instead."""
         box: dict[str, Any] = {}
+        self._forget_broken_sessions()
 
         def login() -> None:
             try:
@@ -120,13 +180,24 @@ class IPMIDriver(BMCDriver):
             raise box["exc"]
         raise pyghmi_exc.IpmiException("timeout", _TIMEOUT_CODE)
 
+    def _forget_broken_sessions(self) -> None:
+        # pyghmi 1.6 files a session under (host, user-as-str, ...) while logging in but deletes it
+        # under the user as bytes, so after a logout or a failed login the dead session stays filed
+        # and the next Command() for the same BMC and user is handed that corpse. Drop them.
+        port = self.target.port or 623
+        pending = ipmi_session.Session.initting_sessions
+        for key, sess in list(pending.items()):
+            if key[0] == self.target.host and key[3] == port and getattr(sess, "broken", False):
+                pending.pop(key, None)
+
     def _drop_session(self) -> None:
-        cmd, self._cmd, self._channel = self._cmd, None, None
+        cmd, self._shared.cmd, self._shared.channel = self._shared.cmd, None, None
         if cmd is not None:
             try:
                 cmd.ipmi_session.logout()
             except Exception:  # a dead session cannot log out; it is being dropped anyway
                 log.debug("bmc %s: logout of a broken session failed", self.target.describe())
+            self._forget_broken_sessions()
 
     def _once(self, what: str, fn: Callable[[Any], T]) -> T:
         with self.lock:
@@ -134,7 +205,7 @@ class IPMIDriver(BMCDriver):
                 return fn(self._session())
             except BMCError:
                 raise
-            except (pyghmi_exc.PyghmiException, OSError, socket.gaierror) as exc:
+            except Exception as exc:  # pyghmi raises bare Exception and AttributeError on some paths
                 error = _classify(self.target, what, exc)
                 if isinstance(error, BMCUnreachable | BMCAuthError):
                     self._drop_session()
@@ -146,9 +217,9 @@ class IPMIDriver(BMCDriver):
         return retrying(self.target, what, lambda: self._once(what, fn))
 
     def _net_channel(self, cmd: Any) -> int:
-        if self._channel is None:
-            self._channel = int(cmd.get_network_channel())
-        return self._channel
+        if self._shared.channel is None:
+            self._shared.channel = int(cmd.get_network_channel())
+        return self._shared.channel
 
     def close(self) -> None:
         with self.lock:
@@ -349,8 +420,9 @@ class IPMIDriver(BMCDriver):
                 "product_id": int.from_bytes(dev[9:11], "little"),
             }
             try:
-                guid = bytes(c.xraw_command(netfn=0x06, command=0x37)["data"])
-                inv.guid = guid[::-1].hex()  # IPMI sends the GUID least significant byte first
+                guid = bytes(c.xraw_command(netfn=0x06, command=0x37)["data"])[:16]
+                # the SMBIOS byte order, as dmidecode shows the system UUID: matches discovery's
+                inv.guid = str(uuid.UUID(bytes_le=guid)) if len(guid) == 16 else None
             except pyghmi_exc.IpmiException:
                 pass
             system = self._fru_zero(c)
@@ -437,7 +509,12 @@ class IPMIDriver(BMCDriver):
         """Get Channel Cipher Suites (IPMI 2.0 §22.15): records of 0xC0 <id> <algorithms>."""
         raw = b""
         for index in range(0x40):
-            rsp = bytes(c.xraw_command(netfn=0x06, command=0x54, data=(channel, 0, 0x80 | index))["data"])
+            try:
+                rsp = bytes(c.xraw_command(netfn=0x06, command=0x54, data=(channel, 0, 0x80 | index))["data"])
+            except pyghmi_exc.IpmiException:
+                if index == 0:
+                    raise
+                break  # some BMCs answer an index past the end with an error instead of a short list
             raw += rsp[1:]
             if len(rsp) < 17:
                 break

@@ -11,6 +11,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -28,12 +29,24 @@ DRIVERS: dict[str, type[BMCDriver]] = {"ipmi": IPMIDriver, "redfish": RedfishDri
 _RMCP_PING = bytes((0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x4B, 0x00, 0x00))
 
 
+_probe_tls: ssl.SSLContext | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    # probing sends no credentials, so the certificate is not checked; a bare context also skips
+    # loading the system CA store, which costs ~50 ms per probe
+    global _probe_tls
+    if _probe_tls is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        _probe_tls = context
+    return _probe_tls
+
+
 def _redfish_root(url: str, timeout: float) -> bool:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # probing only: no credentials are sent
     try:
-        with urllib.request.urlopen(url + "/redfish/v1/", timeout=timeout, context=context) as rsp:
+        with urllib.request.urlopen(url + "/redfish/v1/", timeout=timeout, context=_tls_context()) as rsp:
             body = json.loads(rsp.read(65536) or b"{}")
     except (OSError, urllib.error.URLError, ValueError):
         return False
@@ -47,11 +60,18 @@ def _rmcp_pong(host: str, port: int, timeout: float) -> bool:
         return False
     family, _, _, _, sockaddr = infos[0]
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout / 2)
-        for _ in range(2):  # UDP: one resend
+        sock.connect(sockaddr)  # connected, so an ICMP port-unreachable surfaces as ECONNREFUSED
+        deadline = time.monotonic() + timeout
+        for attempt in range(2):  # UDP: one resend, both inside `timeout`
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining / (2 - attempt))
             try:
-                sock.sendto(_RMCP_PING, sockaddr)
+                sock.send(_RMCP_PING)
                 data = sock.recv(128)
+            except ConnectionRefusedError:
+                return False  # ICMP port unreachable: nothing listens there
             except OSError:
                 continue
             # pong: message type 0x40; after IANA and OEM fields, supported entities bit 7 = IPMI
@@ -116,7 +136,7 @@ class DriverCache:
             wanted, driver = cached
             if wanted == target:
                 return driver
-        resolved = resolve(target, timeout=self._probe_timeout)
+        resolved = resolve(target, timeout=min(self._probe_timeout, target.timeout))
         driver = make_driver(resolved)
         with self._lock:
             old = self._drivers.get(key)
