@@ -34,6 +34,7 @@ MODULES = [
     "web.api.users",
     "web.api.events",
     "web.api.discovery",
+    "web.api.annealer",
     "web.api.events_stream",
     "web.api.annealer",
 ]
