@@ -36,7 +36,6 @@ MODULES = [
     "web.api.discovery",
     "web.api.annealer",
     "web.api.events_stream",
-    "web.api.annealer",
 ]
 
 
