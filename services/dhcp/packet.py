@@ -225,8 +225,9 @@ def parse(data: bytes) -> Packet:
     )
 
 
-def encode_options(options: dict[int, bytes]) -> bytes:
-    """Options in wire form, long values split into 255-byte pieces (RFC 3396), End included."""
+def encode_options(options: dict[int, bytes], tail: bytes = b"") -> bytes:
+    """Options in wire form, long values split into 255-byte pieces (RFC 3396), then `tail` (options
+    already in wire form), then End."""
     parts: list[bytes] = []
     for code, value in options.items():
         if len(value) <= 255:
@@ -235,12 +236,13 @@ def encode_options(options: dict[int, bytes]) -> bytes:
         for i in range(0, len(value), 255):
             piece = value[i : i + 255]
             parts.append(bytes((code, len(piece))) + piece)
+    parts.append(tail)
     parts.append(b"\xff")
     return b"".join(parts)
 
 
-def encode(packet: Packet) -> bytes:
-    """The wire form of `packet`, padded to the BOOTP minimum size."""
+def encode(packet: Packet, tail: bytes = b"") -> bytes:
+    """The wire form of `packet` (plus `tail`, options already encoded), padded to the BOOTP minimum."""
     if len(packet.chaddr) > 16 or len(packet.sname) > 63 or len(packet.file) > 127:
         raise ValueError("chaddr, sname or file is too long for its field")
     data = _HEADER.pack(
@@ -259,7 +261,7 @@ def encode(packet: Packet) -> bytes:
         packet.sname,
         packet.file,
         MAGIC,
-    ) + encode_options(packet.options)
+    ) + encode_options(packet.options, tail)
     if len(data) < MIN_REPLY:
         data += bytes(MIN_REPLY - len(data))
     return data

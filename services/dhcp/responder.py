@@ -27,6 +27,7 @@ from services.dhcp.packet import (
     REQUEST,
     Packet,
     encode,
+    encode_options,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class Responder:
     def __init__(self, backend: Backend, config: ResponderConfig) -> None:
         self.backend = backend
         self.config = config
-        self._static: dict[tuple[NetworkInfo, int], dict[int, bytes]] = {}
+        # per (network, server id): the options every reply on it carries, as a dict and pre-encoded
+        self._static: dict[tuple[NetworkInfo, int], tuple[dict[int, bytes], bytes]] = {}
+        self._text: dict[int, str] = {}
 
     # -- entry point ------------------------------------------------------------------------------------
 
@@ -126,7 +129,7 @@ class Responder:
             ends=ends,
             client_id=packet.client_id,
             hostname=binding.hostname or packet.hostname,
-            relay=options.ip_text(packet.giaddr) if packet.giaddr else None,
+            relay=self._ip_text(packet.giaddr) if packet.giaddr else None,
             client_arch=packet.client_arch,
             vendor_class=packet.vendor_class or None,
             ipxe=packet.is_ipxe,
@@ -155,9 +158,9 @@ class Responder:
 
     def _destination(self, packet: Packet, kind: int) -> tuple[str, int]:
         if packet.giaddr:
-            return options.ip_text(packet.giaddr), SERVER_PORT
+            return self._ip_text(packet.giaddr), SERVER_PORT
         if kind != NAK and packet.ciaddr:
-            return options.ip_text(packet.ciaddr), CLIENT_PORT
+            return self._ip_text(packet.ciaddr), CLIENT_PORT
         # A client without an address cannot answer ARP; broadcasting avoids injecting ARP entries.
         return BROADCAST, CLIENT_PORT
 
@@ -176,7 +179,15 @@ class Responder:
             reply.options[OPT_RELAY_AGENT] = packet.options[OPT_RELAY_AGENT]
         return Outgoing(encode(reply), self._destination(packet, NAK), kind=NAK)
 
-    def _static_options(self, network: NetworkInfo, server_id: int) -> dict[int, bytes]:
+    def _ip_text(self, address: int) -> str:
+        text = self._text.get(address)
+        if text is None:
+            if len(self._text) > 4096:
+                self._text.clear()
+            text = self._text[address] = options.ip_text(address)
+        return text
+
+    def _static_options(self, network: NetworkInfo, server_id: int) -> tuple[dict[int, bytes], bytes]:
         key = (network, server_id)
         cached = self._static.get(key)
         if cached is not None:
@@ -203,8 +214,9 @@ class Responder:
         if network.mtu:
             static[options.MTU] = options.u16(network.mtu)
         static[options.DOMAIN_SEARCH] = options.domain_search([domain])
-        self._static[key] = static
-        return static
+        both = (static, encode_options(static)[:-1])
+        self._static[key] = both
+        return both
 
     def _reply(
         self,
@@ -218,12 +230,11 @@ class Responder:
         lease: bool = True,
     ) -> Outgoing:
         opts: dict[int, bytes] = {53: bytes((kind,))}
-        static = self._static_options(network, iface.address)
-        if lease:
-            opts.update(static)
-        else:
+        static, wire = self._static_options(network, iface.address)
+        if not lease:
             # INFORM: configuration only, never a lease time (RFC 2131 §3.4)
             opts.update((k, v) for k, v in static.items() if k not in (51, 58, 59))
+            wire = b""
         if hostname:
             opts[options.HOSTNAME] = options.text(hostname)
         reply = Packet(
@@ -240,7 +251,7 @@ class Responder:
         self._boot(packet, reply, iface)
         if OPT_RELAY_AGENT in packet.options:
             opts[OPT_RELAY_AGENT] = packet.options[OPT_RELAY_AGENT]
-        return Outgoing(encode(reply), self._destination(packet, kind), kind=kind)
+        return Outgoing(encode(reply, wire), self._destination(packet, kind), kind=kind)
 
     def _boot(self, packet: Packet, reply: Packet, iface: Interface) -> bool:
         """Add boot information for a netbooting client; False for any other client."""
