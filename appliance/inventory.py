@@ -91,8 +91,12 @@ class BmcInfo(_Strict):
 
 class BootTimes(_Strict):
     kernel: Short | None = None
-    uptime_s: float | None = Field(default=None, ge=0)
+    # seconds since the kernel started: init ran, drivers loaded, agent started, DHCP lease, this report
+    init_start_s: float | None = Field(default=None, ge=0)
+    drivers_done_s: float | None = Field(default=None, ge=0)
     agent_start_s: float | None = Field(default=None, ge=0)
+    network_up_s: float | None = Field(default=None, ge=0)
+    uptime_s: float | None = Field(default=None, ge=0)
 
 
 class Inventory(_Strict):

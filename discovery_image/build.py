@@ -3,7 +3,7 @@
     python -m discovery_image.build [--cache DIR] [--kernel-version V] [--force]
 
 Everything comes from installed Debian packages (linux-image-amd64, busybox-static, ipmitool, dmidecode,
-util-linux, ethtool, pciutils); nothing is downloaded. The output is keyed by a hash of every byte that
+util-linux, ethtool); nothing is downloaded. The output is keyed by a hash of every byte that
 goes into it, so a second run is a cache hit and two machines with the same packages build identical
 files. Results live outside git: <cache>/<hash>/{vmlinuz,initrd.img,manifest.json} and <cache>/current.
 """
@@ -33,7 +33,7 @@ AGENT_DIR = HERE / "agent"
 # Bumped when the layout of the image changes in a way the file contents alone would not show.
 FORMAT = "kiln-discovery-2"
 
-TOOLS = ("/usr/sbin/dmidecode", "/usr/bin/ipmitool", "/usr/bin/lsblk", "/usr/sbin/ethtool", "/usr/bin/lspci")
+TOOLS = ("/usr/sbin/dmidecode", "/usr/bin/ipmitool", "/usr/bin/lsblk", "/usr/sbin/ethtool")
 
 # Drivers for the virtual machines of the tests and the NICs/HBAs most servers carry. Loaded at boot by
 # matching device modaliases (see agent/init), so an absent driver costs only its bytes.
@@ -127,9 +127,11 @@ def _mod_name(path: str) -> str:
     return Path(path).name.split(".ko")[0].replace("-", "_")
 
 
-def select_modules(kver: str, wanted: Iterable[str]) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    """(module files, name → ordered dependency names, alias lines) for `wanted` and their dependencies."""
+def select_modules(kver: str, wanted: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """(module files, modules.dep lines, modules.alias lines) for `wanted` and their dependencies,
+    in the kernel's own formats so busybox modprobe resolves aliases and dependencies at boot."""
     moddir = Path("/lib/modules") / kver
+    dep_lines: dict[str, str] = {}
     deps_by_name: dict[str, list[str]] = {}
     path_by_name: dict[str, str] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
@@ -137,20 +139,20 @@ def select_modules(kver: str, wanted: Iterable[str]) -> tuple[list[str], dict[st
         name = _mod_name(path)
         path_by_name[name] = path
         deps_by_name[name] = [_mod_name(p) for p in rest.split()]
+        dep_lines[name] = line
     chosen: set[str] = set()
     for name in wanted:
         if name not in path_by_name:
             raise BuildError(f"kernel {kver} has no module {name}")
         chosen.add(name)
         chosen.update(deps_by_name[name])
-    # modules.dep lists a module's dependencies deepest last; insmod needs them loaded first
-    load_order = {name: list(reversed(deps_by_name[name])) for name in sorted(chosen)}
     aliases = []
     for line in (moddir / "modules.alias").read_text().splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == "alias" and parts[2] in chosen:
-            aliases.append(f"{parts[1]} {parts[2]}")
-    return sorted(path_by_name[n] for n in chosen), load_order, sorted(aliases)
+            aliases.append(line)
+    files = sorted(path_by_name[n] for n in chosen)
+    return files, sorted(dep_lines[n] for n in chosen), sorted(aliases)
 
 
 def _read(path: str | Path) -> bytes:
@@ -191,15 +193,12 @@ def collect_entries(kver: str) -> list[Entry]:
     for lib in sorted(libs):
         # the loader looks libraries up by these paths; the file behind a symlink is copied in place
         add(Entry.file(lib.lstrip("/"), _read(os.path.realpath(lib)), 0o755))
-    add(Entry.file("usr/share/misc/pci.ids", _read("/usr/share/misc/pci.ids")))
 
-    files, load_order, aliases = select_modules(kver, MODULES)
+    files, dep_lines, aliases = select_modules(kver, MODULES)
     for rel in files:
         add(Entry.file(f"lib/modules/{kver}/{rel}", _read(Path("/lib/modules") / kver / rel)))
-    modpaths = {_mod_name(rel): f"/lib/modules/{kver}/{rel}" for rel in files}
-    deplines = [f"{name} {' '.join(modpaths[d] for d in [*deps, name])}" for name, deps in load_order.items()]
-    add(Entry.file("lib/modules/kiln.dep", ("\n".join(deplines) + "\n").encode()))
-    add(Entry.file("lib/modules/kiln.alias", ("\n".join(aliases) + "\n").encode()))
+    add(Entry.file(f"lib/modules/{kver}/modules.dep", ("\n".join(dep_lines) + "\n").encode()))
+    add(Entry.file(f"lib/modules/{kver}/modules.alias", ("\n".join(aliases) + "\n").encode()))
 
     for src in sorted(AGENT_DIR.iterdir()):
         if src.is_file() and not src.name.startswith("."):

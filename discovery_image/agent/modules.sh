@@ -1,48 +1,19 @@
-# Load the kernel modules matching the devices present, udev-style but without udev: every device's
-# modalias is matched against the aliases of the modules in the image (lib/modules/kiln.alias, glob
-# patterns), and a matching module is loaded with its dependencies (lib/modules/kiln.dep, in order).
-# Three rounds, because loading a bus driver (virtio_pci, ahci) makes new devices (virtio0, sda) appear.
-
-_kiln_loaded=" "
-
-load_module() {
-    case "$_kiln_loaded" in *" $1 "*) return 0 ;; esac
-    _line=$(grep "^$1 " /lib/modules/kiln.dep) || return 1
-    for _ko in ${_line#* }; do
-        insmod "$_ko" 2>/dev/null
-    done
-    _kiln_loaded="$_kiln_loaded$1 "
-}
-
-matching_modules() {
-    # Patterns are bucketed by their first 14 characters (e.g. "pci:v00008086d") when those hold no
-    # wildcard, so each device is tested against a few patterns instead of all of them.
-    cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u | awk '
-        FNR == NR {
-            p = $1; key = substr(p, 1, 14)
-            if (key ~ /[*?[]/) key = "*"
-            r = p; gsub(/\./, "\\.", r); gsub(/\*/, ".*", r); gsub(/\?/, ".", r)
-            n[key]++; re[key, n[key]] = "^" r "$"; mod[key, n[key]] = $2
-            next
-        }
-        {
-            split(substr($0, 1, 14) " *", keys, " ")
-            for (k = 1; k <= 2; k++) {
-                key = keys[k]
-                for (i = 1; i <= n[key]; i++)
-                    if ($0 ~ re[key, i] && !(mod[key, i] in seen)) { seen[mod[key, i]] = 1; print mod[key, i] }
-            }
-        }' /lib/modules/kiln.alias -
-}
+# Load the kernel modules matching the devices present, udev-style but without udev: busybox modprobe
+# matches every device's modalias against the image's modules.alias and loads the module with its
+# dependencies from modules.dep. Rounds repeat while they load something, because a bus driver
+# (virtio_pci, ahci) makes new devices (virtio0, sda) appear.
 
 load_drivers() {
-    for _round in 1 2 3; do
-        _before="$_kiln_loaded"
-        for _m in $(matching_modules); do
-            load_module "$_m"
-        done
-        [ "$_before" = "$_kiln_loaded" ] && break
+    _seen=""
+    for _round in 1 2 3 4; do
+        _aliases=$(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u)
+        [ "$_aliases" = "$_seen" ] && break
+        _seen=$_aliases
+        # shellcheck disable=SC2086  # one argument per alias
+        modprobe -q -a $_aliases 2>/dev/null
+        read -r _up _ </proc/uptime
+        echo "$_up round $_round: $(cut -d ' ' -f 1 /proc/modules | tr '\n' ' ')" >>/run/kiln-modules.log
     done
     # /dev/ipmi0 comes from ipmi_devintf, which no device alias names
-    case "$_kiln_loaded" in *" ipmi_si "*) load_module ipmi_devintf ;; esac
+    grep -q '^ipmi_si ' /proc/modules && modprobe -q ipmi_devintf
 }

@@ -54,17 +54,23 @@ def test_image_has_kernel_agent_tools_and_drivers(image: build.Image) -> None:
         "usr/sbin/ethtool",
         "lib64/ld-linux-x86-64.so.2",
         "dev/console",
-        "lib/modules/kiln.dep",
-        "lib/modules/kiln.alias",
+        f"lib/modules/{image.kernel_version}/modules.dep",
+        f"lib/modules/{image.kernel_version}/modules.alias",
     ):
         assert path in members, path
     modules = {Path(p).name for p in members if p.endswith(".ko")}
     for name in ("virtio_net.ko", "e1000.ko", "virtio_blk.ko", "ahci.ko", "ipmi_si.ko", "ipmi_devintf.ko"):
         assert name in modules
-    deps = members["lib/modules/kiln.dep"][1].decode()
-    virtio_net = next(line for line in deps.splitlines() if line.startswith("virtio_net "))
-    # dependencies are listed before the module itself, so insmod in order succeeds
-    assert virtio_net.index("virtio_ring.ko") < virtio_net.index("virtio_net.ko")
+    moddir = f"lib/modules/{image.kernel_version}"
+    deps = dict(line.split(":", 1) for line in members[f"{moddir}/modules.dep"][1].decode().splitlines())
+    # every dependency busybox modprobe will load is in the image
+    for rel, needs in deps.items():
+        for dep in [rel, *needs.split()]:
+            assert f"{moddir}/{dep}" in members, dep
+    assert "virtio_ring.ko" in deps["kernel/drivers/net/virtio_net.ko"]
+    aliases = members[f"{moddir}/modules.alias"][1].decode()
+    assert "alias virtio:d00000001v* virtio_net" in aliases
+    assert "alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000" in aliases
     assert image.kernel.read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage
 
 
