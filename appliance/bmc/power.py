@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -151,7 +151,7 @@ def power_nodes(
         if jobs:
             with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
                 futures = [pool.submit(_run_one, cache, i, name, target, action) for i, name, target in jobs]
-                for future in futures:
+                for future in as_completed(futures):
                     result = future.result()
                     results[result.node_id] = result
                     if progress:

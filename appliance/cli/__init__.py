@@ -8,6 +8,7 @@ from appliance.cli import (  # noqa: F401  (registers commands)
     lab,
     networks,
     nodes,
+    power,
     serve,
     status,
     users,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from appliance.bmc.base import BMCTarget
@@ -16,6 +19,7 @@ from appliance.bmc.credentials import set_node_bmc
 from appliance.bmc.ipmi import IPMIDriver
 from appliance.bmc.power import PowerPoller, power_nodes
 from appliance.bmc.probe import DriverCache, resolve
+from appliance.cli import main
 from appliance.config import Settings
 from appliance.db import Database
 from appliance.errors import BMCAuthError, BMCUnreachable, InvalidInput
@@ -314,3 +318,38 @@ def test_poller_records_state_and_backs_off_a_failing_bmc(
     third = poller.poll_once()
     assert (third.checked, third.failed) == (1, 0)
     poller.cache.close()
+
+
+def test_cli_powers_many_nodes_and_reports_the_failed_one(
+    farm: IPMISimFarm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("KILN_STATE_DIR", str(tmp_path / "state"))
+    url = f"sqlite:///{tmp_path / 'kiln.db'}"
+    runner = CliRunner()
+
+    def kiln(*args: str, stdin: str | None = None) -> Result:
+        return runner.invoke(main, ["--database-url", url, *args], input=stdin, catch_exceptions=False)
+
+    for i, bmc in enumerate(farm.bmcs[:2]):
+        assert kiln("node", "add", f"c{i}").exit_code == 0
+        set_ = kiln("bmc", "set", f"c{i}", "--address", bmc.address, "--username", "admin", "--password-stdin",
+                    stdin=bmc.password + "\n")  # fmt: skip
+        assert set_.exit_code == 0, set_.output
+    kiln("node", "add", "c-nobmc")
+
+    off = kiln("node", "power", "off", "c0", "c1")
+    assert off.exit_code == 0, off.output
+    assert [b.power_file_state() for b in farm.bmcs[:2]] == ["off", "off"]
+    status = kiln("node", "power", "status", "c0", "c1", "c-nobmc", "--json")
+    assert status.exit_code == 1  # one node has no BMC
+    rows = {r["name"]: r for r in json.loads(status.output)}
+    assert rows["c0"]["state"] == rows["c1"]["state"] == "off"
+    assert "no BMC address" in rows["c-nobmc"]["error"]
+
+    shown = kiln("bmc", "show", "c0", "--json")
+    assert json.loads(shown.output)["password"] == "set"
+    assert farm.bmcs[0].password not in shown.output
+    assert kiln("bmc", "boot", "c1", "pxe").exit_code == 0
+    assert "Force PXE" in farm.bmcs[1].ipmitool("chassis", "bootparam", "get", "5")
+    assert kiln("node", "power", "status", "nosuchnode").exit_code == 1
