@@ -135,3 +135,12 @@ def test_concurrent_updates_from_the_same_version_let_exactly_one_win(api: Api) 
     final = api.get(f"/nodes/{node['id']}").json
     assert final["version"] == 2 and final["description"].startswith("writer ")
     assert len(api.events("node.update")) == 1
+
+
+def test_unchanged_node_answers_304_to_its_etag(sqlite_api: Api) -> None:
+    node = sqlite_api.post("/nodes", {"name": "n1"}).json
+    path = f"/nodes/{node['id']}"
+    assert sqlite_api.get(path, headers={"If-None-Match": '"1"'}).status_code == 304
+    sqlite_api.patch(path, {"description": "changed"})
+    fresh = sqlite_api.get(path, headers={"If-None-Match": '"1"'})
+    assert fresh.status_code == 200 and fresh.headers["ETag"] == '"2"'

@@ -45,3 +45,8 @@ def test_openapi_uses_the_schemas_that_validate_requests(sqlite_api: Api) -> Non
         missing.status_code == 400
         and missing.json["field"] in doc["components"]["schemas"]["NetworkIn"]["required"]
     )
+
+
+def test_api_root_points_at_the_document(sqlite_api: Api) -> None:
+    index = sqlite_api.client.get("/api/v2/")
+    assert index.status_code == 200 and index.json["openapi"] == "/api/v2/openapi.json"

@@ -132,8 +132,16 @@ def render(result: Any, response: type[BaseModel] | None, status: int) -> Respon
     reply.status_code = status
     version = payload.get("version") if isinstance(payload, dict) else None
     if isinstance(version, int):
-        reply.headers["ETag"] = f'"{version}"'
+        etag = f'"{version}"'
+        reply.headers["ETag"] = etag
+        # pollers (the admin pages) re-read objects often; an unchanged one costs no body
+        if request.method == "GET" and etag in {t.strip().removeprefix("W/") for t in _none_match()}:
+            return Response(status=304, headers={"ETag": etag})
     return reply
+
+
+def _none_match() -> list[str]:
+    return request.headers.get("If-None-Match", "").split(",")
 
 
 def expected_version(body: BaseModel | None = None) -> int | None:

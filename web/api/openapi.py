@@ -175,3 +175,17 @@ def build_document(app: Flask) -> dict[str, Any]:
 @endpoint(bp, "GET", "/openapi.json", public=True, summary="This document")
 def openapi_get() -> Response:
     return jsonify(build_document(current_app))
+
+
+class IndexOut(BaseModel):
+    name: str
+    api: str
+    openapi: str
+    login: str
+
+
+@endpoint(bp, "GET", "/", response=IndexOut, public=True, summary="Where to start")
+def index_get() -> IndexOut:
+    return IndexOut(
+        name="Kiln", api=API_PREFIX, openapi=f"{API_PREFIX}/openapi.json", login=f"{API_PREFIX}/login"
+    )
