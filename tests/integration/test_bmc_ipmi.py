@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from appliance.bmc.base import BMCTarget
 from appliance.bmc.credentials import set_node_bmc
 from appliance.bmc.ipmi import IPMIDriver
 from appliance.bmc.power import PowerPoller, power_nodes
+from appliance.bmc.power import serve as power_serve
 from appliance.bmc.probe import DriverCache, resolve
 from appliance.cli import main
 from appliance.config import Settings
@@ -353,3 +355,22 @@ def test_cli_powers_many_nodes_and_reports_the_failed_one(
     assert kiln("bmc", "boot", "c1", "pxe").exit_code == 0
     assert "Force PXE" in farm.bmcs[1].ipmitool("chassis", "bootparam", "get", "5")
     assert kiln("node", "power", "status", "nosuchnode").exit_code == 1
+
+
+def test_power_state_service_records_states_until_stopped(
+    farm: IPMISimFarm, sqlite_db: Database, settings: Settings
+) -> None:
+    (node_id,) = _nodes_for(sqlite_db, settings, [("svc", farm.bmcs[1].address, farm.bmcs[1].password)])
+    stop = threading.Event()
+    thread = threading.Thread(target=power_serve, args=(settings, sqlite_db, stop), daemon=True)
+    thread.start()
+
+    def recorded() -> bool:
+        with sqlite_db.read_session() as session:
+            node = session.get(Node, node_id)
+            return node is not None and node.power_checked_at is not None
+
+    _eventually(recorded)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
