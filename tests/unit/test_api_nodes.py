@@ -96,6 +96,9 @@ def test_node_list_filters_by_name_state_and_mac_and_paginates(api: Api) -> None
     assert [n["name"] for n in api.get("/nodes?state=ready").json["items"]] == ["n1", "n3", "n5"]
     assert [n["name"] for n in api.get("/nodes?name=n4").json["items"]] == ["n4"]
     assert [n["name"] for n in api.get("/nodes?mac=52-54-00-00-01-06").json["items"]] == ["n6"]
+    assert [n["name"] for n in api.get("/nodes?q=N5").json["items"]] == ["n5"]
+    assert [n["name"] for n in api.get("/nodes?q=01:03").json["items"]] == ["n3"]
+    assert [n["name"] for n in api.get("/nodes?q=n&state=ready&limit=2").json["items"]] == ["n1", "n3"]
 
     seen, cursor, pages = [], None, 0
     while True:

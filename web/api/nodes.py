@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
 from appliance import nodes
 from appliance.models import Node, NodeMac
@@ -21,7 +21,7 @@ def _out(node: Node) -> NodeOut:
 
 @endpoint(bp, "GET", "/nodes", query=NodeQuery, response=page_of(NodeOut), summary="List nodes")
 def nodes_get(query: NodeQuery) -> dict[str, object]:
-    """Filter by exact `name`, `state` or one of the node's MACs."""
+    """Filter by exact `name`, `state` or one of the node's MACs; `q` searches names and MACs."""
     stmt = select(Node)
     if query.name is not None:
         stmt = stmt.where(Node.name == query.name)
@@ -30,6 +30,14 @@ def nodes_get(query: NodeQuery) -> dict[str, object]:
     if query.mac is not None:
         mac = nodes.normalize_mac(query.mac)
         stmt = stmt.where(Node.id.in_(select(NodeMac.node_id).where(NodeMac.mac == mac)))
+    if query.q:
+        text = query.q.lower()
+        stmt = stmt.where(
+            or_(
+                func.lower(Node.name).contains(text, autoescape=True),
+                Node.id.in_(select(NodeMac.node_id).where(NodeMac.mac.contains(text, autoescape=True))),
+            )
+        )
     with read_session() as s:
         return paginate(s, stmt, Node.id, query, _out)
 

@@ -116,6 +116,7 @@ class NodeQuery(ListQuery):
     name: str | None = Field(None, description="exact name")
     state: NodeState | None = None
     mac: str | None = Field(None, description="a MAC of the node, any spelling")
+    q: str | None = Field(None, max_length=64, description="search: part of the name or of a MAC")
 
 
 # ---- networks, ranges, allocations
