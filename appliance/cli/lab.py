@@ -122,6 +122,35 @@ def clear_stale_lab(opts: LabOptions) -> None:
         opts.pid_path.unlink()
 
 
+def build_discovery_image(state_dir: Path) -> str | None:
+    """Build (or find cached) the discovery image lab nodes boot; None on success, else why not.
+
+    The builder lives in the source checkout (discovery_image/, not part of the installed package)
+    and is run as a program, so appliance/ does not import it.
+    """
+    source = Path(__file__).resolve().parents[2]
+    if not (source / "discovery_image" / "build.py").exists():
+        return f"no discovery image builder in {source} (run the lab from a source checkout)"
+    # the web serves <state_dir>/discovery/current; a shared cache (KILN_DISCOVERY_CACHE: several labs,
+    # the tests) is linked there instead of building one image per state dir
+    cache = state_dir / "discovery"
+    shared = os.environ.get("KILN_DISCOVERY_CACHE")
+    if shared and not cache.exists() and not cache.is_symlink():
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        cache.symlink_to(Path(shared).resolve())
+    result = subprocess.run(
+        [sys.executable, "-m", "discovery_image.build", "--cache", str(cache)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode not in (0, 2):  # 2: built, but larger than its size goal
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return lines[-1] if lines else f"discovery image build failed ({result.returncode})"
+    return None
+
+
 class Lab:
     """The lab's pieces, started in order and stopped in reverse, whatever fails in between."""
 
@@ -151,6 +180,7 @@ class Lab:
             json.dumps({"pid": os.getpid(), "namespace": opts.net.namespace, "bridge": opts.net.bridge})
         )
         opts.config_path.write_text(lab_config(opts))
+        self.discovery_error = build_discovery_image(opts.state_dir)
         db = create_database(opts.database_url)
         try:
             seed_networks(db, opts.net, DOMAIN)
@@ -247,6 +277,10 @@ class Lab:
         ]
         if self.web_error:
             lines.insert(2, f"  WARNING    the web is not up: {self.web_error}")
+        if self.discovery_error:
+            lines.insert(
+                2, f"  WARNING    no discovery image, nodes cannot be discovered: {self.discovery_error}"
+            )
         return "\n".join(lines)
 
 

@@ -4,18 +4,15 @@ real lab and to other test workers."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,136 +20,21 @@ from sqlalchemy import select
 
 from appliance import auth
 from appliance.db import Database
-from appliance.models import Lease, Network, Range
+from appliance.models import Network, Range
+from tests.lab_support import KILN, RunningLab, ip, lab_env, namespaces, qemu_pids, start_lab
 from tests.netns import Namespace, unique
-
-KILN = str(Path(sys.executable).parent / "kiln")
-_counter = itertools.count()
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("lab")]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False).stdout
-
-
-def _namespaces() -> set[str]:
-    return {line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()}
-
-
-@dataclass
-class RunningLab:
-    proc: subprocess.Popen[bytes]
-    env: dict[str, str]
-    state: Path
-    out: Path
-    err: Path
-    namespace: str
-    bridge: str
-    host_veth: str
-    port: int
-    second: int
-
-    def output(self) -> str:
-        return self.out.read_text() + self.err.read_text()
-
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            if self.proc.poll() is not None:
-                pytest.fail(f"kiln lab exited ({self.proc.returncode}) before {what}:\n{self.output()}")
-            time.sleep(0.1)
-        pytest.fail(f"timed out waiting for {what}:\n{self.output()}")
-
-    def expected_exit_code(self) -> int:
-        """0 after a clean stop, unless a service could not be loaded (kiln serve then reports 1)."""
-        return 1 if "(not loaded: " in self.err.read_text() else 0
-
-    def serve_pid(self) -> int:
-        beats = list((self.state / "run").glob("serve-*.json"))
-        assert beats, "kiln serve keeps no heartbeat"
-        return int(json.loads(beats[0].read_text())["pid"])
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def remove_leftovers(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        subprocess.run(["ip", "netns", "delete", self.namespace], capture_output=True)
-        subprocess.run(["ip", "link", "delete", self.host_veth], capture_output=True)
-
-
-def lab_env(tmp_path: Path, state: Path | None = None) -> dict[str, str]:
-    """Names, subnet and ports of a lab no other test process uses."""
-    n = next(_counter)
-    second = 100 + (os.getpid() * 7 + n) % 150
-    env = {
-        **os.environ,
-        "KILN_STATE_DIR": str(state or tmp_path / f"state{n}"),
-        "KILN_LAB_NAMESPACE": unique("klab"),
-        "KILN_LAB_BRIDGE": unique("kbr"),
-        "KILN_LAB_PORT": str(_free_port()),
-        "KILN_LAB_SUBNET": f"10.{second}.{n % 200}.0/24",
-        "KILN_LAB_LINK": f"169.254.{second}.{(n % 60) * 4}/30",
-        "KILN_LAB_METRICS_PORT": str(_free_port()),
-    }
-    env.pop("KILN_CONFIG", None)
-    return env
-
-
-def start_lab(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> RunningLab:
-    env = env or lab_env(tmp_path)
-    namespace = env["KILN_LAB_NAMESPACE"]
-    out, err = tmp_path / f"{namespace}.out", tmp_path / f"{namespace}.err"
-    with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen([KILN, "lab", *args], env=env, stdout=o, stderr=e, cwd=tmp_path)
-    return RunningLab(
-        proc=proc,
-        env=env,
-        state=Path(env["KILN_STATE_DIR"]),
-        out=out,
-        err=err,
-        namespace=namespace,
-        bridge=env["KILN_LAB_BRIDGE"],
-        host_veth=f"{namespace[:12]}-h",
-        port=int(env["KILN_LAB_PORT"]),
-        second=int(env["KILN_LAB_SUBNET"].split(".")[1]),
-    )
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    running = start_lab(tmp_path_factory.mktemp("lab"), "--nodes", "1")
+    running = start_lab(tmp_path_factory.mktemp("lab"))
     try:
         running.wait_for(lambda: "Kiln lab is running." in running.out.read_text(), "the lab banner", 90)
         yield running
     finally:
         running.remove_leftovers()
-
-
-def _qemu_pids(lab: RunningLab) -> list[int]:
-    """QEMU processes started for this lab (their command line names the lab's state dir)."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-system-x86_64") and str(lab.state).encode() in b" ".join(argv):
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_the_lab_prints_the_url_and_working_admin_credentials(lab: RunningLab) -> None:
@@ -192,11 +74,11 @@ def test_the_lab_networks_and_ranges_are_in_ipam(lab: RunningLab) -> None:
 
 
 def test_namespace_bridge_and_veth_exist(lab: RunningLab) -> None:
-    assert lab.namespace in _namespaces()
-    bridge = _ip("-n", lab.namespace, "-d", "addr", "show", "dev", lab.bridge)
+    assert lab.namespace in namespaces()
+    bridge = ip("-n", lab.namespace, "-d", "addr", "show", "dev", lab.bridge)
     assert "bridge" in bridge
     assert f"inet 10.{lab.second}." in bridge
-    assert lab.host_veth in _ip("link", "show", "dev", lab.host_veth)
+    assert lab.host_veth in ip("link", "show", "dev", lab.host_veth)
 
 
 def test_dhcp_is_bound_to_the_lab_bridge_only_and_never_on_the_host(lab: RunningLab) -> None:
@@ -236,24 +118,6 @@ def test_a_client_on_the_lab_bridge_gets_an_address_from_the_dynamic_range(lab: 
         client.delete()
 
 
-def test_a_qemu_node_netboots_on_the_lab_bridge_and_gets_a_lease(lab: RunningLab) -> None:
-    assert "1 QEMU node(s)" in lab.out.read_text()
-    assert _qemu_pids(lab), "no QEMU process for the lab node"
-    mac = f"52:54:00:{lab.second:02x}:00:01"
-    db = Database(f"sqlite:///{lab.state / 'kiln.db'}")
-    try:
-
-        def leased() -> bool:
-            with db.read_session() as session:
-                return (
-                    session.scalar(select(Lease).where(Lease.mac == mac, Lease.state == "active")) is not None
-                )
-
-        lab.wait_for(leased, f"a DHCP lease for the lab node {mac}", 60)
-    finally:
-        db.dispose()
-
-
 def test_a_second_lab_on_the_same_state_dir_is_refused_and_leaves_the_first_alone(
     lab: RunningLab, tmp_path: Path
 ) -> None:
@@ -261,8 +125,8 @@ def test_a_second_lab_on_the_same_state_dir_is_refused_and_leaves_the_first_alon
     result = subprocess.run([KILN, "lab"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "a lab already runs" in result.stderr
-    assert env["KILN_LAB_NAMESPACE"] not in _namespaces()
-    assert lab.namespace in _namespaces()
+    assert env["KILN_LAB_NAMESPACE"] not in namespaces()
+    assert lab.namespace in namespaces()
 
 
 def test_a_port_in_use_stops_the_lab_before_it_builds_anything(tmp_path: Path) -> None:
@@ -275,19 +139,19 @@ def test_a_port_in_use_stops_the_lab_before_it_builds_anything(tmp_path: Path) -
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{env['KILN_LAB_PORT']}" in result.stderr
     assert "Traceback" not in result.stderr
-    assert env["KILN_LAB_NAMESPACE"] not in _namespaces()
+    assert env["KILN_LAB_NAMESPACE"] not in namespaces()
 
 
 def test_stopping_the_lab_removes_namespace_bridge_veth_and_forwarder(lab: RunningLab) -> None:
     pid = lab.serve_pid()
     assert lab.stop(signal.SIGTERM) == lab.expected_exit_code(), lab.output()
-    assert lab.namespace not in _namespaces()
+    assert lab.namespace not in namespaces()
     assert (
         "does not exist"
         in subprocess.run(["ip", "link", "show", "dev", lab.host_veth], capture_output=True, text=True).stderr
     )
     assert not Path(f"/proc/{pid}").exists(), "kiln serve outlived the lab"
-    assert not _qemu_pids(lab), "a lab node outlived the lab"
+    assert not qemu_pids(lab), "a lab node outlived the lab"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", lab.port), timeout=2).close()
     assert not (lab.state / "lab.json").exists()
@@ -310,14 +174,14 @@ def test_a_killed_lab_takes_its_services_down_and_the_next_start_cleans_up(tmp_p
         first.proc.kill()
         first.proc.wait()
         assert _wait_gone(serve_pid), "kiln serve outlived a killed lab"
-        assert first.namespace in _namespaces()
+        assert first.namespace in namespaces()
 
         again = start_lab(tmp_path, env=first.env)
         again.wait_for(lambda: "Kiln lab is running." in again.out.read_text(), "the restarted lab", 90)
         assert "password" in again.out.read_text()
         assert again.stop() == again.expected_exit_code(), again.output()
-        assert first.namespace not in _namespaces()
-        assert first.host_veth not in _ip("link", "show")
+        assert first.namespace not in namespaces()
+        assert first.host_veth not in ip("link", "show")
 
         result = subprocess.run(
             [KILN, "lab", "--cleanup"], env=first.env, capture_output=True, text=True, timeout=60
