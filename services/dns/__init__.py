@@ -1,0 +1,1 @@
+"""Authoritative DNS for the admin domain, forwarding for the rest."""

@@ -1,0 +1,409 @@
+"""The DNS responder: a UDP fast path from pre-packed answers, dnslib for the rest, TCP, forwarding.
+
+Fast path (DESIGN §9): a dict from the query's bytes after the id (flags, counts, question, EDNS)
+to the packed answer after the id; a hit costs one dict lookup, one concatenation and one sendto.
+Entries are made the first time a query shape is answered and dropped when the records of their
+name change (or, for answers that carry the SOA, when the serial does). Only authoritative answers
+are cached: they are the same for every client, while REFUSED/forwarding depends on the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from prometheus_client import Counter
+
+from appliance.config import Settings
+from appliance.db import Database
+from services.dns import answer, packet
+from services.dns.forward import Forwarder, parse_upstream
+from services.dns.records import ZoneData, change_marker, load_zone
+
+log = logging.getLogger(__name__)
+
+MALFORMED = Counter("kiln_dns_malformed_packets_total", "DNS packets dropped because they did not parse")
+QUERIES = Counter("kiln_dns_queries_total", "DNS queries by how they were answered", ["path"])
+ERRORS = Counter("kiln_dns_internal_errors_total", "DNS queries dropped by an unexpected error")
+
+POLL_INTERVAL = 0.2  # change marker poll: changes are visible well within 1 s
+FULL_RELOAD = 30.0  # rebuild anyway, so expired leases leave the zone
+TICK = 0.1
+MAX_CACHE = 200_000  # entries; random-name floods must not grow memory without bound
+MAX_TCP = 256
+TCP_IDLE = 10.0
+BATCH = 512  # datagrams per wake-up before looking at the other sockets
+
+
+class TcpClient:
+    __slots__ = ("inbuf", "last", "outbuf", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, peer: Any, now: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last = now
+
+
+class DnsServer:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.db = db
+        self.domain = settings.admin_domain.strip(".").lower()
+        self.advertise = settings.advertise_address
+        self.allow = [ipaddress.ip_network(c, strict=False) for c in settings.dns_allow_recursion_from]
+        self.forwarder = Forwarder([parse_upstream(u) for u in settings.dns_upstreams])
+        self.ra = bool(settings.dns_upstreams)
+        family = socket.AF_INET6 if ":" in settings.dns_bind else socket.AF_INET
+        self.udp, self.tcp = _bind_pair(family, settings.dns_bind, settings.dns_port)
+        self.port: int = self.udp.getsockname()[1]
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.epoll = select.epoll()
+        self.tcp_clients: dict[int, TcpClient] = {}
+        self.cache: dict[bytes, bytes] = {}
+        self.keys_by_name: dict[str, list[bytes]] = {}
+        self.soa_keys: list[bytes] = []
+        self.recursion: dict[str, bool] = {}
+        self.inbox: deque[tuple[TcpClient, bytes | None, bytes]] = deque()
+        self.fast_hits = 0
+        self.serial = int(time.time())
+        with db.read_session() as session:
+            self.marker = change_marker(session)
+            self.zone: ZoneData = load_zone(session, self.domain, self.advertise)
+        self.pending_zone: ZoneData | None = None
+        self.zone_lock = threading.Lock()
+
+    # -- zone updates (poller thread → loop) ------------------------------------------------------
+
+    def _poll_zone(self, stop: threading.Event) -> None:
+        last_full = time.monotonic()
+        while not stop.wait(POLL_INTERVAL):
+            try:
+                with self.db.read_session() as session:
+                    marker = change_marker(session)
+                    if marker == self.marker and time.monotonic() - last_full < FULL_RELOAD:
+                        continue
+                    zone = load_zone(session, self.domain, self.advertise)
+            except Exception:  # the database may be restarting; keep answering from the old zone
+                log.exception("dns: reading the zone failed; keeping the previous one")
+                continue
+            self.marker = marker
+            last_full = time.monotonic()
+            with self.zone_lock:
+                self.pending_zone = zone
+            self.wake_w.send(b"z")
+
+    def _apply_zone(self) -> None:
+        with self.zone_lock:
+            new, self.pending_zone = self.pending_zone, None
+        if new is None:
+            return
+        old = self.zone
+        self.zone = new
+        self.serial = max(self.serial + 1, int(time.time()))
+        self.recursion.clear()
+        if old.reverse_zones != new.reverse_zones or old.served != new.served:
+            self._clear_cache()
+            return
+        changed = [n for n in old.names.keys() | new.names.keys() if old.names.get(n) != new.names.get(n)]
+        cache = self.cache
+        for name in changed:
+            for key in self.keys_by_name.pop(name, ()):
+                cache.pop(key, None)
+        for key in self.soa_keys:
+            cache.pop(key, None)
+        self.soa_keys = []
+        log.info("dns: zone reloaded, serial %d, %d names changed", self.serial, len(changed))
+
+    def _clear_cache(self) -> None:
+        self.cache.clear()
+        self.keys_by_name.clear()
+        self.soa_keys = []
+
+    # -- answering --------------------------------------------------------------------------------
+
+    def _may_recurse(self, address: str) -> bool:
+        known = self.recursion.get(address)
+        if known is None:
+            if len(self.recursion) > 10_000:
+                self.recursion.clear()
+            try:
+                ip = ipaddress.ip_address(address.split("%", 1)[0])
+            except ValueError:
+                return False
+            networks = [*self.allow, *self.zone.served]
+            known = any(ip.version == net.version and ip in net for net in networks)
+            self.recursion[address] = known
+        return known
+
+    def _answer(self, data: bytes, peer: Any, tcp: TcpClient | None) -> bytes | None:
+        """The reply to one query, or None when there is none to send now (dropped or forwarded)."""
+        try:
+            query = packet.parse_query(data)
+        except packet.MalformedPacket as exc:
+            MALFORMED.inc()
+            log.debug("dns: malformed query from %s: %s", peer, exc)
+            return None
+        if query.is_response:
+            MALFORMED.inc()
+            return None
+        if query.opcode != packet.OPCODE_QUERY:
+            QUERIES.labels("notimp").inc()
+            return packet.header_reply(data, query, packet.RCODE_NOTIMP)
+        name = query.name
+        apex = self.zone.apex_of(name)
+        if apex is not None:
+            limit = 65535 if tcp else answer.udp_limit(query)
+            result = answer.authoritative(query, self.zone, apex, self.serial, limit, self.ra)
+            QUERIES.labels("authoritative").inc()
+            if tcp is None:
+                self._remember(data, result, name)
+            return result.wire
+        if not self._may_recurse(str(peer[0])):
+            QUERIES.labels("refused").inc()
+            return packet.header_reply(data, query, packet.RCODE_REFUSED)
+        if tcp is not None:
+            sent = self.forwarder.forward_tcp(data, lambda reply: self._post(tcp, reply, data))
+        else:
+            sent = self.forwarder.forward_udp(data, query.question_end, peer, time.monotonic())
+        if sent:
+            QUERIES.labels("forwarded").inc()
+            return None
+        QUERIES.labels("refused").inc()
+        return packet.header_reply(data, query, packet.RCODE_REFUSED)
+
+    def _remember(self, data: bytes, result: answer.Answer, name: str) -> None:
+        if len(self.cache) >= MAX_CACHE:
+            self._clear_cache()
+        key = data[2:]
+        self.cache[key] = result.wire[2:]
+        self.keys_by_name.setdefault(name, []).append(key)
+        if result.uses_soa:
+            self.soa_keys.append(key)
+
+    def _on_udp(self) -> None:
+        recvfrom, sendto, get = self.udp.recvfrom, self.udp.sendto, self.cache.get
+        hits = 0
+        for _ in range(BATCH):
+            try:
+                data, peer = recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            cached = get(data[2:])
+            if cached is not None:
+                # try/except, not contextlib.suppress: this is the per-query path
+                try:
+                    sendto(data[:2] + cached, peer)
+                    hits += 1
+                except OSError:
+                    continue
+                continue
+            try:
+                reply = self._answer(data, peer, None)
+                if reply is not None:
+                    sendto(reply, peer)
+            except OSError:
+                pass
+            except Exception:  # a bug must cost one answer, never the responder
+                ERRORS.inc()
+                log.exception("dns: query from %s failed", peer)
+        self.fast_hits += hits
+
+    def _on_upstream(self, sock: socket.socket) -> None:
+        for _ in range(BATCH):
+            try:
+                data, source = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            relayed = self.forwarder.on_reply(data, source)
+            if relayed is not None:
+                client, reply = relayed
+                with contextlib.suppress(OSError):
+                    self.udp.sendto(reply, client)
+
+    # -- TCP ----------------------------------------------------------------------------------------
+
+    def _post(self, client: TcpClient, reply: bytes | None, query: bytes) -> None:
+        """From a forwarding thread: hand a TCP answer to the loop."""
+        self.inbox.append((client, reply, query))
+        self.wake_w.send(b"t")
+
+    def _on_accept(self, now: float) -> None:
+        while True:
+            try:
+                sock, peer = self.tcp.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(self.tcp_clients) >= MAX_TCP:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.tcp_clients[sock.fileno()] = TcpClient(sock, peer, now)
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _close_tcp(self, client: TcpClient) -> None:
+        if self.tcp_clients.pop(client.sock.fileno(), None) is not None:
+            self.epoll.unregister(client.sock.fileno())
+            client.sock.close()
+
+    def _send_tcp(self, client: TcpClient, reply: bytes | None = None) -> None:
+        if reply is not None:
+            client.outbuf += struct.pack("!H", len(reply)) + reply
+        try:
+            sent = client.sock.send(client.outbuf)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close_tcp(client)
+            return
+        del client.outbuf[:sent]
+        mask = select.EPOLLIN | (select.EPOLLOUT if client.outbuf else 0)
+        self.epoll.modify(client.sock.fileno(), mask)
+
+    def _on_tcp(self, client: TcpClient, mask: int, now: float) -> None:
+        client.last = now
+        if mask & select.EPOLLOUT:
+            self._send_tcp(client)
+            if client.sock.fileno() not in self.tcp_clients:
+                return
+        if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            return
+        try:
+            chunk = client.sock.recv(65537)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close_tcp(client)
+            return
+        client.inbuf += chunk
+        while len(client.inbuf) >= 2:
+            size = (client.inbuf[0] << 8) | client.inbuf[1]
+            if len(client.inbuf) < 2 + size:
+                break
+            data = bytes(client.inbuf[2 : 2 + size])
+            del client.inbuf[: 2 + size]
+            try:
+                reply = self._answer(data, client.peer, client)
+            except Exception:
+                ERRORS.inc()
+                log.exception("dns: TCP query from %s failed", client.peer)
+                reply = None
+            if reply is not None:
+                self._send_tcp(client, reply)
+                if client.sock.fileno() not in self.tcp_clients:
+                    return
+
+    def _drain_inbox(self) -> None:
+        while self.inbox:
+            client, reply, query = self.inbox.popleft()
+            if client.sock.fileno() not in self.tcp_clients:
+                continue
+            if reply is None:
+                # the query parsed once already; keep its question so the client can match the answer
+                reply = packet.header_reply(query, packet.parse_query(query), packet.RCODE_SERVFAIL)
+            self._send_tcp(client, reply)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def _on_timers(self, now: float) -> None:
+        for entry in self.forwarder.expire(now):
+            original = entry.client_id + entry.query[2:]
+            with contextlib.suppress(OSError):
+                reply = packet.header_reply(original, packet.parse_query(original), packet.RCODE_SERVFAIL)
+                self.udp.sendto(reply, entry.client)
+        for client in [c for c in self.tcp_clients.values() if now - c.last > TCP_IDLE]:
+            self._close_tcp(client)
+        if self.fast_hits:
+            QUERIES.labels("fast").inc(self.fast_hits)
+            self.fast_hits = 0
+
+    def run(self, stop: threading.Event) -> None:
+        poller = threading.Thread(target=self._poll_zone, args=(stop,), name="dns-zone-poll", daemon=True)
+        poller.start()
+        udp_fd, tcp_fd, wake_fd = self.udp.fileno(), self.tcp.fileno(), self.wake_r.fileno()
+        upstream = {s.fileno(): s for s in self.forwarder.sockets.values()}
+        for fd in (udp_fd, tcp_fd, wake_fd, *upstream):
+            self.epoll.register(fd, select.EPOLLIN)
+        log.info(
+            "dns serving %s on port %d (upstreams: %s)", self.domain, self.port, self.forwarder.upstreams
+        )
+        next_tick = time.monotonic() + TICK
+        poll, on_udp, tcp_clients = self.epoll.poll, self._on_udp, self.tcp_clients
+        try:
+            while not stop.is_set():
+                for fd, mask in poll(TICK):
+                    if fd == udp_fd:
+                        on_udp()
+                    elif fd in tcp_clients:
+                        self._on_tcp(tcp_clients[fd], mask, time.monotonic())
+                    elif fd == wake_fd:
+                        with contextlib.suppress(BlockingIOError):
+                            self.wake_r.recv(4096)
+                        self._apply_zone()
+                        self._drain_inbox()
+                    elif fd == tcp_fd:
+                        self._on_accept(time.monotonic())
+                    elif fd in upstream:
+                        self._on_upstream(upstream[fd])
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._on_timers(now)
+                    next_tick = now + TICK
+        finally:
+            stop.set()
+            poller.join(2)
+            self.close()
+
+    def close(self) -> None:
+        for client in list(self.tcp_clients.values()):
+            self._close_tcp(client)
+        self.forwarder.close()
+        self.epoll.close()
+        for sock in (self.udp, self.tcp, self.wake_r, self.wake_w):
+            sock.close()
+
+
+def _bind_pair(family: int, host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same port (with port 0: the same random one)."""
+    for _ in range(20):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.bind((host, port))
+        actual = udp.getsockname()[1]
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, actual))
+        except OSError:
+            udp.close()
+            tcp.close()
+            if port:
+                raise
+            continue
+        tcp.listen(128)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        return udp, tcp
+    raise OSError(f"no port free for both UDP and TCP on {host}")
+
+
+def serve(settings: Settings, db: Database, stop: threading.Event) -> None:
+    """Entry point `kiln.services:dns`: answer until `stop` is set."""
+    DnsServer(settings, db).run(stop)
