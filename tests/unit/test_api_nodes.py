@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from appliance.models import Node
 from tests.unit.api_support import Api, api_fixture, sqlite_api_fixture  # noqa: F401  (fixtures)
 
 
@@ -147,3 +148,13 @@ def test_unchanged_node_answers_304_to_its_etag(sqlite_api: Api) -> None:
     sqlite_api.patch(path, {"description": "changed"})
     fresh = sqlite_api.get(path, headers={"If-None-Match": '"1"'})
     assert fresh.status_code == 200 and fresh.headers["ETag"] == '"2"'
+
+
+def test_node_list_leaves_out_inventory_that_detail_shows(sqlite_api: Api) -> None:
+    node = sqlite_api.post("/nodes", {"name": "n1"}).json
+    with sqlite_api.db.session() as s:
+        row = s.get(Node, node["id"])
+        assert row is not None
+        row.inventory = {"cpu": {"count": 64}, "disks": [{"name": f"sd{c}"} for c in "abcdefgh"]}
+    assert "inventory" not in sqlite_api.get("/nodes").json["items"][0]
+    assert sqlite_api.get(f"/nodes/{node['id']}").json["inventory"]["cpu"] == {"count": 64}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import defer
 
 from appliance import nodes
 from appliance.models import Node, NodeMac
 from web.api.access import actor
 from web.api.endpoint import changes, endpoint, expected_version, read_session, write_session
 from web.api.paging import page_of, paginate
-from web.api.schemas import NodeIn, NodeOut, NodePatch, NodeQuery
+from web.api.schemas import NodeIn, NodeOut, NodePatch, NodeQuery, NodeSummaryOut
 
 bp = Blueprint("nodes", __name__)
 
@@ -19,10 +20,11 @@ def _out(node: Node) -> NodeOut:
     return NodeOut.model_validate(node)
 
 
-@endpoint(bp, "GET", "/nodes", query=NodeQuery, response=page_of(NodeOut), summary="List nodes")
+@endpoint(bp, "GET", "/nodes", query=NodeQuery, response=page_of(NodeSummaryOut), summary="List nodes")
 def nodes_get(query: NodeQuery) -> dict[str, object]:
     """Filter by exact `name`, `state` or one of the node's MACs; `q` searches names and MACs."""
-    stmt = select(Node)
+    # inventories and discovery data are large and not part of a list item: never read them here
+    stmt = select(Node).options(defer(Node.inventory), defer(Node.discovery))
     if query.name is not None:
         stmt = stmt.where(Node.name == query.name)
     if query.state is not None:
@@ -39,7 +41,7 @@ def nodes_get(query: NodeQuery) -> dict[str, object]:
             )
         )
     with read_session() as s:
-        return paginate(s, stmt, Node.id, query, _out)
+        return paginate(s, stmt, Node.id, query, NodeSummaryOut.model_validate)
 
 
 @endpoint(bp, "POST", "/nodes", body=NodeIn, response=NodeOut, status=201, summary="Create a node")

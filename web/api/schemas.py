@@ -88,7 +88,9 @@ class NodePatch(Strict):
     version: int | None = VERSION_FIELD
 
 
-class NodeOut(Out):
+class NodeSummaryOut(Out):
+    """A node in a list: everything but its inventory (tens of KB per node once discovered)."""
+
     id: int
     name: str
     description: str
@@ -100,7 +102,6 @@ class NodeOut(Out):
     admin: bool
     deployment_id: int | None
     hint: dict[str, Any]
-    inventory: dict[str, Any]
     bmc_driver: str | None
     bmc_address: str | None
     bmc_username: str | None
@@ -110,6 +111,10 @@ class NodeOut(Out):
     version: int
     created_at: Timestamp
     updated_at: Timestamp
+
+
+class NodeOut(NodeSummaryOut):
+    inventory: dict[str, Any] = Field(description="what discovery reported")
 
 
 class NodeQuery(ListQuery):
