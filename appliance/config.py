@@ -27,7 +27,15 @@ DEFAULT_CONFIG_PATH = Path("/etc/kiln/kiln.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/kiln")
 # Prometheus ports of the processes a systemd install runs, one per unit (a process running several
 # services, such as `kiln serve`, uses metrics_port instead).
-DEFAULT_METRICS_PORTS = {"web": 9671, "dhcp": 9672, "tftp": 9673, "dns": 9674, "annealer": 9675, "ra": 9676}
+DEFAULT_METRICS_PORTS = {
+    "web": 9671,
+    "dhcp": 9672,
+    "tftp": 9673,
+    "dns": 9674,
+    "annealer": 9675,
+    "ra": 9676,
+    "power-state": 9677,
+}
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -41,10 +49,15 @@ class _TomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        if self.path is None or not self.path.exists():
-            return {}
         try:
-            raw = tomllib.loads(self.path.read_text())
+            if self.path is None or not self.path.exists():
+                return {}
+            text = self.path.read_text()
+        except OSError as exc:
+            # e.g. /etc/kiln/kiln.toml kept 0640 root:kiln and read by another user
+            raise ConfigError(f"{self.path}: cannot read: {exc.strerror}", field=str(self.path)) from exc
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{self.path}: not valid TOML: {exc}", field=str(self.path)) from exc
         flat: dict[str, Any] = {}

@@ -154,6 +154,26 @@ def test_a_generated_secret_key_is_kept_private_and_stable(clean_env: Path, tmp_
     assert (tmp_path / "state" / "secret_key").stat().st_mode & 0o077 == 0
 
 
+def test_an_unreadable_config_file_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "kiln.toml"
+    config.write_text('admin_domain = "secret.lab"\n')
+    config.chmod(0o600)
+    # root reads anything: run as nobody, as a user outside the kiln group would
+    argv = [KILN, "db", "revision"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    result = subprocess.run(
+        argv,
+        env={**os.environ, "KILN_CONFIG": str(config), "KILN_STATE_DIR": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"kiln: {config}: cannot read: Permission denied"
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "key"),
     [
