@@ -334,3 +334,21 @@ def test_run_tests_fails_when_pytest_collects_nothing() -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "collected no tests" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--interface and --address are required"),
+        (["--interface", "nosuchnic0", "--address", "10.40.0.2/24"], "no interface 'nosuchnic0'"),
+        (["--bogus"], "unknown option --bogus"),
+    ],
+)
+def test_install_appliance_refuses_bad_arguments_before_touching_the_machine(
+    args: list[str], message: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test checks the root path of scripts/install-appliance: run the suite as root")
+    result = _run([str(REPO / "scripts/install-appliance"), *args])
+    assert result.returncode == 2
+    assert message in result.stderr
