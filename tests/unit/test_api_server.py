@@ -113,7 +113,8 @@ def test_bind_addresses_parse() -> None:
     assert parse_bind("0.0.0.0", 8081) == ("0.0.0.0", 8081)
 
 
-def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("app_spec", ["web.app:create_app()", "web.wsgi:app"])
+def test_gunicorn_serves_the_app_factory(tmp_path: Path, app_spec: str) -> None:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     assert gunicorn.exists(), "gunicorn is a runtime dependency: pip install -e ."
     port = _free_port()
@@ -125,7 +126,7 @@ def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
         "KILN_SECRET_KEY": "gunicorn-test-secret",
     }
     proc = subprocess.Popen(
-        [str(gunicorn), "-w", "1", "-b", f"127.0.0.1:{port}", "web.app:create_app()"],
+        [str(gunicorn), "-w", "1", "-b", f"127.0.0.1:{port}", app_spec],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.DEVNULL,
