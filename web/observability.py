@@ -117,6 +117,20 @@ def _request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _loggable_path() -> str:
+    """The path and query, with the values of secret-looking parameters (?token=...) masked."""
+    if not request.args:
+        return request.path
+    parts = [
+        f"{key}={'***' if any(word in key.lower() for word in _SECRET_WORDS) else value}"
+        for key, value in request.args.items(multi=True)
+    ]
+    return f"{request.path}?{'&'.join(parts)}"
+
+
+_SECRET_WORDS = ("token", "password", "secret", "key")
+
+
 def init_app(app: Flask) -> WebMetrics:
     metrics = WebMetrics()
 
@@ -140,13 +154,7 @@ def init_app(app: Flask) -> WebMetrics:
             shared.ERRORS.labels("web", kind).inc()
         info = request_info.get()
         response.headers["X-Request-ID"] = info.request_id
-        log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.full_path.rstrip("?"),
-            response.status_code,
-            elapsed * 1000,
-        )
+        log.info("%s %s %d %.1fms", request.method, _loggable_path(), response.status_code, elapsed * 1000)
         return response
 
     @app.teardown_request

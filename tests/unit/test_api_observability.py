@@ -25,6 +25,9 @@ def test_request_log_lines_carry_request_id_user_and_address(
     line = lines[-1]
     assert (line.request_id, line.user, line.remote_addr) == ("abc-123", "operator", "127.0.0.1")  # type: ignore[attr-defined]
     assert "GET /api/v2/nodes 200" in line.getMessage()
+    with caplog.at_level(logging.INFO, logger="web"):
+        sqlite_api.client.get("/boot/nowhere?mac=52:54:00:00:00:01&token=sekrit-value")
+    assert "sekrit-value" not in caplog.text and "mac=52:54:00:00:00:01&token=***" in caplog.text
     generated = sqlite_api.get("/nodes", headers={"X-Request-ID": "bad id with spaces"}).headers[
         "X-Request-ID"
     ]
