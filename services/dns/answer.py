@@ -70,11 +70,11 @@ def authoritative(
         uses_soa = True
     if query.edns_size is not None:
         reply.add_ar(EDNS0(udp_len=SERVER_EDNS_SIZE))
-    wire = reply.pack()
+    wire = bytes(reply.pack())
     if len(wire) > limit:
         # RFC 1035 §4.2.1 / RFC 2181 §9: drop the whole answer and set TC; the client retries on TCP
         header.tc = 1
         reply.rr, reply.auth = [], []
         reply.ar = [r for r in reply.ar if r.rtype == packet.TYPE_OPT]
-        wire = reply.pack()
+        wire = bytes(reply.pack())
     return Answer(wire, uses_soa)

@@ -37,6 +37,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass
 class ZoneData:
     domain: str
+    serial: int = 0
     # fqdn (lower, no trailing dot) -> {qtype: [rdata text]}; empty dict = a name with no records
     names: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     reverse_zones: tuple[str, ...] = ()

@@ -2,6 +2,10 @@
 
 Fast path (DESIGN §9): a dict from the query's bytes after the id (flags, counts, question, EDNS)
 to the packed answer after the id; a hit costs one dict lookup, one concatenation and one sendto.
+UDP queries are read by one thread in a blocking recvfrom loop: measured under dnsperf on loopback,
+that loop answered 2-3x more queries per second than the same lookup behind epoll with
+non-blocking reads (the queue often drains, and each drain costs an exception and an epoll_wait).
+Everything else (TCP, upstream replies, timers) runs on an epoll loop in the calling thread.
 Entries are made the first time a query shape is answered and dropped when the records of their
 name change (or, for answers that carry the SOA, when the serial does). Only authoritative answers
 are cached: they are the same for every client, while REFUSED/forwarding depends on the source.
@@ -40,7 +44,7 @@ TICK = 0.1
 MAX_CACHE = 200_000  # entries; random-name floods must not grow memory without bound
 MAX_TCP = 256
 TCP_IDLE = 10.0
-BATCH = 512  # datagrams per wake-up before looking at the other sockets
+BATCH = 512  # upstream datagrams per wake-up before looking at the other sockets
 
 
 class TcpClient:
@@ -74,13 +78,16 @@ class DnsServer:
         self.soa_keys: list[bytes] = []
         self.recursion: dict[str, bool] = {}
         self.inbox: deque[tuple[TcpClient, bytes | None, bytes]] = deque()
+        # written only by the UDP thread, read by the loop thread: no lost updates without a lock
         self.fast_hits = 0
-        self.serial = int(time.time())
+        self.fast_reported = 0
         with db.read_session() as session:
             self.marker = change_marker(session)
             self.zone: ZoneData = load_zone(session, self.domain, self.advertise)
+        self.zone.serial = int(time.time())
+        # Set by the poller thread; applied (cache invalidation included) only by the UDP thread,
+        # before it answers its next query, so no stale entry can be cached after the swap.
         self.pending_zone: ZoneData | None = None
-        self.zone_lock = threading.Lock()
 
     # -- zone updates (poller thread → loop) ------------------------------------------------------
 
@@ -98,18 +105,28 @@ class DnsServer:
                 continue
             self.marker = marker
             last_full = time.monotonic()
-            with self.zone_lock:
-                self.pending_zone = zone
-            self.wake_w.send(b"z")
+            current = self.pending_zone or self.zone
+            zone.serial = max(current.serial + 1, int(time.time()))
+            self.pending_zone = zone
+            self._wake_udp()
+
+    def _wake_udp(self) -> None:
+        """An empty datagram to our own UDP socket: the blocked reader wakes and applies the zone."""
+        host = self.udp.getsockname()[0]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        with socket.socket(self.udp.family, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.sendto(b"", (host, self.port))
+
+    def _current_zone(self) -> ZoneData:
+        """The newest zone, for the TCP path (it keeps no cache, so it need not wait for the swap)."""
+        return self.pending_zone or self.zone
 
     def _apply_zone(self) -> None:
-        with self.zone_lock:
-            new, self.pending_zone = self.pending_zone, None
+        new, self.pending_zone = self.pending_zone, None
         if new is None:
             return
         old = self.zone
         self.zone = new
-        self.serial = max(self.serial + 1, int(time.time()))
         self.recursion.clear()
         if old.reverse_zones != new.reverse_zones or old.served != new.served:
             self._clear_cache()
@@ -122,7 +139,7 @@ class DnsServer:
         for key in self.soa_keys:
             cache.pop(key, None)
         self.soa_keys = []
-        log.info("dns: zone reloaded, serial %d, %d names changed", self.serial, len(changed))
+        log.info("dns: zone reloaded, serial %d, %d names changed", new.serial, len(changed))
 
     def _clear_cache(self) -> None:
         self.cache.clear()
@@ -140,7 +157,7 @@ class DnsServer:
                 ip = ipaddress.ip_address(address.split("%", 1)[0])
             except ValueError:
                 return False
-            networks = [*self.allow, *self.zone.served]
+            networks = [*self.allow, *self._current_zone().served]
             known = any(ip.version == net.version and ip in net for net in networks)
             self.recursion[address] = known
         return known
@@ -160,10 +177,11 @@ class DnsServer:
             QUERIES.labels("notimp").inc()
             return packet.header_reply(data, query, packet.RCODE_NOTIMP)
         name = query.name
-        apex = self.zone.apex_of(name)
+        zone = self.zone if tcp is None else self._current_zone()
+        apex = zone.apex_of(name)
         if apex is not None:
             limit = 65535 if tcp else answer.udp_limit(query)
-            result = answer.authoritative(query, self.zone, apex, self.serial, limit, self.ra)
+            result = answer.authoritative(query, zone, apex, zone.serial, limit, self.ra)
             QUERIES.labels("authoritative").inc()
             if tcp is None:
                 self._remember(data, result, name)
@@ -190,16 +208,18 @@ class DnsServer:
         if result.uses_soa:
             self.soa_keys.append(key)
 
-    def _on_udp(self) -> None:
+    def _udp_reader(self, stop: threading.Event) -> None:
         recvfrom, sendto, get = self.udp.recvfrom, self.udp.sendto, self.cache.get
         hits = 0
-        for _ in range(BATCH):
+        while True:
             try:
                 data, peer = recvfrom(4096)
-            except (BlockingIOError, InterruptedError):
-                break
             except OSError:
+                if stop.is_set():
+                    break
                 continue
+            if self.pending_zone is not None:
+                self._apply_zone()
             cached = get(data[2:])
             if cached is not None:
                 # try/except, not contextlib.suppress: this is the per-query path
@@ -208,7 +228,16 @@ class DnsServer:
                     hits += 1
                 except OSError:
                     continue
+                if hits >= 4096:
+                    self.fast_hits += hits
+                    hits = 0
                 continue
+            if stop.is_set():
+                break
+            self.fast_hits += hits
+            hits = 0
+            if not data:
+                continue  # our own wake-up
             try:
                 reply = self._answer(data, peer, None)
                 if reply is not None:
@@ -218,7 +247,6 @@ class DnsServer:
             except Exception:  # a bug must cost one answer, never the responder
                 ERRORS.inc()
                 log.exception("dns: query from %s failed", peer)
-        self.fast_hits += hits
 
     def _on_upstream(self, sock: socket.socket) -> None:
         for _ in range(BATCH):
@@ -330,33 +358,33 @@ class DnsServer:
                 self.udp.sendto(reply, entry.client)
         for client in [c for c in self.tcp_clients.values() if now - c.last > TCP_IDLE]:
             self._close_tcp(client)
-        if self.fast_hits:
-            QUERIES.labels("fast").inc(self.fast_hits)
-            self.fast_hits = 0
+        total = self.fast_hits
+        if total > self.fast_reported:
+            QUERIES.labels("fast").inc(total - self.fast_reported)
+            self.fast_reported = total
 
     def run(self, stop: threading.Event) -> None:
         poller = threading.Thread(target=self._poll_zone, args=(stop,), name="dns-zone-poll", daemon=True)
         poller.start()
-        udp_fd, tcp_fd, wake_fd = self.udp.fileno(), self.tcp.fileno(), self.wake_r.fileno()
+        reader = threading.Thread(target=self._udp_reader, args=(stop,), name="dns-udp", daemon=True)
+        reader.start()
+        tcp_fd, wake_fd = self.tcp.fileno(), self.wake_r.fileno()
         upstream = {s.fileno(): s for s in self.forwarder.sockets.values()}
-        for fd in (udp_fd, tcp_fd, wake_fd, *upstream):
+        for fd in (tcp_fd, wake_fd, *upstream):
             self.epoll.register(fd, select.EPOLLIN)
         log.info(
             "dns serving %s on port %d (upstreams: %s)", self.domain, self.port, self.forwarder.upstreams
         )
         next_tick = time.monotonic() + TICK
-        poll, on_udp, tcp_clients = self.epoll.poll, self._on_udp, self.tcp_clients
+        poll, tcp_clients = self.epoll.poll, self.tcp_clients
         try:
             while not stop.is_set():
                 for fd, mask in poll(TICK):
-                    if fd == udp_fd:
-                        on_udp()
-                    elif fd in tcp_clients:
+                    if fd in tcp_clients:
                         self._on_tcp(tcp_clients[fd], mask, time.monotonic())
                     elif fd == wake_fd:
                         with contextlib.suppress(BlockingIOError):
                             self.wake_r.recv(4096)
-                        self._apply_zone()
                         self._drain_inbox()
                     elif fd == tcp_fd:
                         self._on_accept(time.monotonic())
@@ -368,6 +396,8 @@ class DnsServer:
                     next_tick = now + TICK
         finally:
             stop.set()
+            self._wake_udp()
+            reader.join(2)
             poller.join(2)
             self.close()
 
@@ -398,7 +428,6 @@ def _bind_pair(family: int, host: str, port: int) -> tuple[socket.socket, socket
             continue
         tcp.listen(128)
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        udp.setblocking(False)
         tcp.setblocking(False)
         return udp, tcp
     raise OSError(f"no port free for both UDP and TCP on {host}")
