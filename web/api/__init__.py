@@ -36,6 +36,7 @@ MODULES = [
     "web.api.discovery",
     "web.api.annealer",
     "web.api.events_stream",
+    "web.api.bmc",
 ]
 
 
