@@ -2,7 +2,8 @@
 
 Prints node-roles/s on SQLite and on PostgreSQL with 1, 2 and 4 annealer processes, the number of
 node-roles run more than once (from each node-role's run counter, not assumed), and the peak RSS of one
-annealer process. Usage: .venv/bin/python bench/annealer.py [--nodes 10000] [--skip-postgres]
+annealer process. The peer, measured in the same run, is the issue's yardstick: a plain sqlite3 loop
+with the same batching (claim <= 1000 with one UPDATE ... RETURNING, batched events and unblocking). Usage: .venv/bin/python bench/annealer.py [--nodes 10000] [--skip-postgres]
 """
 
 from __future__ import annotations
@@ -106,6 +107,76 @@ def run(url: str, processes: int, expected: int) -> dict[str, float]:
     }
 
 
+def plain_sqlite_peer(root: Path, nodes: int) -> float:
+    """The issue's yardstick: plain sqlite3, claim <= 1000 with one UPDATE ... RETURNING, results, events
+    and unblocking batched; no ORM, no jigs, no run records. Same graph; returns node-roles/s."""
+    import json
+    import sqlite3
+
+    path = root / "peer.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    con.executescript(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+        "CREATE TABLE nr (id INTEGER PRIMARY KEY, node INT, role TEXT, state TEXT, run_count INT DEFAULT 0);"
+        "CREATE INDEX nr_state ON nr(state, id);"
+        "CREATE TABLE edge (parent INT, child INT, PRIMARY KEY (parent, child));"
+        "CREATE INDEX edge_child ON edge(child);"
+        "CREATE TABLE ev (id INTEGER PRIMARY KEY, at TEXT, nr INT, data TEXT);"
+    )
+    con.execute("BEGIN")
+    ids: dict[tuple[int, str], int] = {}
+    for node in range(nodes):
+        for role in ROLES:
+            cur = con.execute("INSERT INTO nr (node, role, state) VALUES (?, ?, 'proposed')", (node, role))
+            ids[(node, role)] = int(cur.lastrowid or 0)
+    con.executemany(
+        "INSERT INTO edge VALUES (?, ?)",
+        [
+            (ids[(n, req)], ids[(n, role)])
+            for n in range(nodes)
+            for role, reqs in ROLES.items()
+            for req in reqs
+        ],
+    )
+    con.execute("COMMIT")
+    start = time.perf_counter()
+    con.execute("BEGIN IMMEDIATE")
+    con.execute(
+        "UPDATE nr SET state = CASE WHEN id IN (SELECT child FROM edge) THEN 'blocked' ELSE 'todo' END"
+    )
+    con.execute("COMMIT")
+    data = json.dumps({"from": "todo", "to": "transition"})
+    done = 0
+    while done < nodes * len(ROLES):
+        con.execute("BEGIN IMMEDIATE")
+        batch = [
+            r[0]
+            for r in con.execute(
+                "UPDATE nr SET state='transition' WHERE id IN (SELECT id FROM nr WHERE state='todo' LIMIT 1000) RETURNING id"
+            )
+        ]
+        now = time.strftime("%Y-%m-%d %H:%M:%S")
+        con.executemany("INSERT INTO ev (at, nr, data) VALUES (?, ?, ?)", [(now, i, data) for i in batch])
+        marks = ",".join("?" * len(batch))
+        con.execute(f"UPDATE nr SET state='active', run_count=run_count+1 WHERE id IN ({marks})", batch)
+        con.executemany("INSERT INTO ev (at, nr, data) VALUES (?, ?, ?)", [(now, i, data) for i in batch])
+        freed = [
+            r[0]
+            for r in con.execute(
+                f"UPDATE nr SET state='todo' WHERE state='blocked' AND id IN (SELECT child FROM edge WHERE parent IN ({marks}))"
+                " AND NOT EXISTS (SELECT 1 FROM edge e JOIN nr p ON p.id = e.parent WHERE e.child = nr.id AND p.state != 'active')"
+                " RETURNING id",
+                batch,
+            )
+        ]
+        con.executemany("INSERT INTO ev (at, nr, data) VALUES (?, ?, ?)", [(now, i, data) for i in freed])
+        con.execute("COMMIT")
+        done += len(batch)
+    rate = done / (time.perf_counter() - start)
+    con.close()
+    return rate
+
+
 def report(label: str, r: dict[str, float]) -> None:
     print(
         f"{label:<24} {r['rate']:>9,.0f} node-roles/s  ({r['elapsed']:.2f} s)  run twice: {r['twice']}  "
@@ -132,6 +203,12 @@ def main() -> None:
         print(f"build (bind {expected:,} node-roles + edges): {time.perf_counter() - t0:.1f} s")
         sqlite = run(url, 1, expected)
         report("SQLite, 1 annealer", sqlite)
+        peer = plain_sqlite_peer(root, args.nodes)
+        print(
+            f"{'peer: plain sqlite3 loop':<24} {peer:>9,.0f} node-roles/s  (same graph and batching, no ORM, no "
+            f"run records)  Kiln/peer = {sqlite['rate'] / peer:.2f}",
+            flush=True,
+        )
         if args.skip_postgres:
             return
         from tests.pgserver import PostgresServer

