@@ -166,7 +166,14 @@ def _pid_alive(pid: int) -> bool:
 class Supervisor:
     """Runs loaded services in threads until a signal or until one of them stops on its own."""
 
-    def __init__(self, settings: Settings, db: Database, services: list[LoadedService]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        services: list[LoadedService],
+        stop_timeout: float = SHUTDOWN_SECONDS,
+    ) -> None:
+        self.stop_timeout = stop_timeout
         self.settings = settings
         self.db = db
         self.services = services
@@ -221,8 +228,9 @@ class Supervisor:
                 if service.serve is None:
                     continue
                 record = RunningService(service.name)
+                # daemon: a service that ignores `stop` must not keep the process alive past the deadline
                 record.thread = threading.Thread(
-                    target=self._run_one, args=(service, record), name=f"kiln-{service.name}"
+                    target=self._run_one, args=(service, record), name=f"kiln-{service.name}", daemon=True
                 )
                 self.running[service.name] = record
                 record.thread.start()
@@ -238,7 +246,7 @@ class Supervisor:
     def _shutdown(self) -> int:
         if self.signalled is not None:
             log.info("%s received, stopping %s", signal.Signals(self.signalled).name, ", ".join(self.running))
-        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        deadline = time.monotonic() + self.stop_timeout
         hung = []
         for r in self.running.values():
             assert r.thread is not None
@@ -246,7 +254,7 @@ class Supervisor:
             if r.thread.is_alive():
                 hung.append(r.name)
         if hung:
-            log.error("services did not stop within %.0f s: %s", SHUTDOWN_SECONDS, ", ".join(hung))
+            log.error("services did not stop within %.0f s: %s", self.stop_timeout, ", ".join(hung))
             return 1
         failed = [r.name for r in self.running.values() if r.error is not None]
         failed += [s.name for s in self.services if s.error is not None]
@@ -256,8 +264,15 @@ class Supervisor:
 @main.command("serve")
 @click.option("--only", default=None, metavar="NAMES", help="Run only these services (comma-separated).")
 @click.option("--skip", default=None, metavar="NAMES", help="Run every service but these (comma-separated).")
+@click.option(
+    "--stop-timeout",
+    default=SHUTDOWN_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds services get to stop after SIGINT/SIGTERM before the process exits anyway.",
+)
 @pass_cli
-def serve_command(cli: CliContext, only: str | None, skip: str | None) -> None:
+def serve_command(cli: CliContext, only: str | None, skip: str | None, stop_timeout: float) -> None:
     """Run Kiln's services (web, dhcp, tftp, dns, annealer) in one process until SIGINT/SIGTERM."""
     eps = service_entry_points()
     names = select_services(eps, only, skip)
@@ -280,7 +295,7 @@ def serve_command(cli: CliContext, only: str | None, skip: str | None) -> None:
         err=True,
     )
     try:
-        code = Supervisor(cli.settings, db, services).run()
+        code = Supervisor(cli.settings, db, services, stop_timeout).run()
     finally:
         stop_metrics_server()
         db.dispose()

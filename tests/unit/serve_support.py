@@ -35,6 +35,10 @@ def ticker2(settings, db, stop):
     stop.wait()
     _mark("ticker2", "stopped")
 
+def hang(settings, db, stop):
+    _mark("hang", "started")
+    threading.Event().wait()  # ignores stop
+
 def crasher(settings, db, stop):
     _mark("crasher", "started")
     raise RuntimeError("disk on fire")
@@ -55,6 +59,7 @@ def _write_fake_distribution(site: Path) -> None:
             ticker = kiln_fake_services:ticker
             ticker2 = kiln_fake_services:ticker2
             crasher = kiln_fake_services:crasher
+            hang = kiln_fake_services:hang
             broken = kiln_fake_broken:serve
             """
         )

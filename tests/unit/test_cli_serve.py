@@ -73,7 +73,7 @@ def test_a_named_service_that_fails_to_import_is_reported_with_its_error_and_not
 
 def test_without_only_an_unloadable_service_is_reported_while_the_others_run(serve: Serve) -> None:
     real = sorted(ep.name for ep in entry_points(group="kiln.services"))
-    serve.start("--skip", ",".join([*real, "crasher"]))
+    serve.start("--skip", ",".join([*real, "crasher", "hang"]))
     serve.wait_for(lambda: (serve.fake / "ticker.started").exists(), "ticker to start")
     serve.wait_for(lambda: serve.heartbeat().get("services", {}).get("ticker") == "active", "heartbeat")  # type: ignore[union-attr]
     beat = serve.heartbeat()
@@ -93,6 +93,16 @@ def test_a_service_that_crashes_stops_the_others_and_the_process_fails(serve: Se
     assert "service crasher failed" in result.stderr
     assert "RuntimeError: disk on fire" in result.stderr
     assert (serve.fake / "ticker.stopped").exists(), "the healthy service was not stopped cleanly"
+
+
+def test_a_service_that_ignores_stop_cannot_keep_the_process_alive(serve: Serve) -> None:
+    serve.start("--only", "ticker,hang", "--stop-timeout", "1")
+    serve.wait_for(lambda: (serve.fake / "hang.started").exists(), "hang to start")
+    assert serve.proc is not None
+    serve.proc.send_signal(signal.SIGTERM)
+    assert serve.finish(timeout=30) == 1
+    assert "services did not stop within 1 s: hang" in serve.stderr
+    assert (serve.fake / "ticker.stopped").exists()
 
 
 def test_an_unknown_service_name_is_a_usage_error_listing_the_known_ones(serve: Serve) -> None:
