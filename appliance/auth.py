@@ -70,7 +70,12 @@ def _digest(clear: str) -> str:
 
 
 def issue_token(
-    session: Session, user: User, name: str = "", ttl: dt.timedelta | None = None
+    session: Session,
+    user: User,
+    name: str = "",
+    ttl: dt.timedelta | None = None,
+    *,
+    actor: str | None = None,
 ) -> tuple[Token, str]:
     """A new API token for `user`; the clear text is returned once and never stored."""
     clear = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -88,7 +93,7 @@ def issue_token(
         "token.create",
         subject_type="user",
         subject_id=user.id,
-        actor=user.username,
+        actor=actor or user.username,
         message=f"token {token.prefix}… for {user.username}",
     )
     return token, clear

@@ -164,7 +164,7 @@ def token_post(body: TokenIn) -> NewTokenOut:
     _may_touch(user_id)
     ttl = dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
     with write_session() as s:
-        token, clear = auth.issue_token(s, _user(s, user_id), body.name, ttl)
+        token, clear = auth.issue_token(s, _user(s, user_id), body.name, ttl, actor=current_caller().username)
         return NewTokenOut(**TokenOut.model_validate(token).model_dump(), token=clear)
 
 
