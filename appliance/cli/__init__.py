@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from appliance.cli import (  # noqa: F401  (registers commands)
+    anneal,
     annealer,
     db,
+    dhcp,
     lab,
     networks,
     nodes,

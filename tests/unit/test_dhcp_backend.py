@@ -179,3 +179,24 @@ def test_proxy_mode_gives_boot_information_only_to_netboot_clients(sqlite_db: Da
     assert offer.yiaddr == 0 and offer.file == b"snponly.efi" and offer.siaddr == 0x0A090005
     assert offer.options[60] == b"PXEClient" and offer.options[43] == bytes((6, 1, 8, 255))
     assert offer.options[97] == bytes(17) and 175 not in offer.options
+
+
+def test_renewing_and_rebinding_client_keeps_its_address_and_is_answered_unicast(sqlite_db: Database) -> None:
+    _network(sqlite_db)
+    responder = Responder(_backend(sqlite_db), CONFIG)
+    now = time.time()
+    offer = responder.handle(_packet(DISCOVER, 1), IFACE, now)
+    assert offer is not None and offer.data is not None
+    address = parse(offer.data).yiaddr
+    select_ = _packet(REQUEST, 1, {54: struct.pack("!I", SERVER), 50: struct.pack("!I", address)})
+    assert responder.handle(select_, IFACE, now) is not None
+    # RENEWING (unicast) and REBINDING (broadcast) both carry ciaddr and no server identifier
+    for later in (now + 300, now + 530):
+        renew = responder.handle(_packet(REQUEST, 1, ciaddr=address), IFACE, later)
+        assert renew is not None and renew.data is not None and renew.lease is not None
+        assert parse(renew.data).message_type == ACK and parse(renew.data).yiaddr == address
+        assert renew.destination == ("10.9.0.10", 68)
+        assert renew.lease.ends == later + 600
+    # another client rebinding onto that address is refused
+    other = responder.handle(_packet(REQUEST, 2, ciaddr=address), IFACE, now + 540)
+    assert other is not None and other.data is not None and parse(other.data).message_type == NAK
