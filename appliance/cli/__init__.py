@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from appliance.cli import (  # noqa: F401  (registers commands)
+    anneal,
     annealer,
     db,
     dhcp,

@@ -37,6 +37,7 @@ MODULES = [
     "web.api.annealer",
     "web.api.events_stream",
     "web.api.bmc",
+    "web.api.anneal",
 ]
 
 
