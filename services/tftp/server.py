@@ -8,6 +8,7 @@ datagram itself.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import select
@@ -36,7 +37,19 @@ DEFAULT_RETRIES = 5
 TICK = 0.05  # timer resolution; retransmit timeouts are whole seconds (RFC 2349)
 # <linux/in.h>; the socket module of Python 3.11 has no name for it on Linux
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SIOCGIFMTU = 0x8921  # <linux/sockios.h>
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+
+
+def interface_mtu(ifindex: int) -> int:
+    """The MTU of an interface by index; 65535 (no limit beyond UDP's) when it cannot be read."""
+    try:
+        name = socket.if_indextoname(ifindex)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            raw = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, struct.pack("16si", name.encode(), 0))
+        return int(struct.unpack("16si", raw)[1])
+    except OSError:
+        return 65535
 
 
 class Transfer:
@@ -158,16 +171,29 @@ class TftpServer:
         self.bind = bind
         self.port: int = self.sock.getsockname()[1]
         self.transfers: dict[int, Transfer] = {}
+        self.mtus: dict[int, int] = {}
         # epoll directly: selectors' key objects cost a few µs per lock-step ACK (measured)
         self.epoll = select.epoll()
 
     # -- requests on the well-known port --------------------------------------------------------
 
-    def _local_address(self, ancdata: list[tuple[int, int, bytes]]) -> str:
+    def _arrival(self, ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int]:
+        """The address the request was sent to and the index of the interface it came in on."""
         for level, kind, value in ancdata:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _PKTINFO.size:
-                return socket.inet_ntoa(_PKTINFO.unpack_from(value)[2])
-        return self.bind
+                ifindex, _spec, addr = _PKTINFO.unpack_from(value)
+                return socket.inet_ntoa(addr), ifindex
+        return self.bind, 0
+
+    def _max_blksize(self, ifindex: int) -> int:
+        # Like dnsmasq: never grant a block larger than the arrival interface's MTU allows, or every
+        # DATA packet is IP-fragmented, and PXE ROMs that cannot reassemble stall at the first block.
+        mtu = self.mtus.get(ifindex)
+        if mtu is None:
+            mtu = interface_mtu(ifindex)
+            self.mtus[ifindex] = mtu
+        header = 20 + 8 + 4 if self.family == socket.AF_INET else 40 + 8 + 4
+        return max(packet.MIN_BLKSIZE, min(mtu, 65535) - header)
 
     def _on_request(self, now: float) -> None:
         while True:
@@ -188,7 +214,8 @@ class TftpServer:
                 # DATA/ACK to port 69 belongs to no transfer; RFC 1350 has no reply for it
                 MALFORMED.inc()
                 continue
-            self._start(request, peer[:2], self._local_address(ancdata), now)
+            local, ifindex = self._arrival(ancdata)
+            self._start(request, peer[:2], local, self._max_blksize(ifindex), now)
 
     def _reply_socket(self, local: str, peer: tuple[str, int]) -> socket.socket:
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
@@ -215,7 +242,9 @@ class TftpServer:
             sock.send(packet.build_error(code, message))
         sock.close()
 
-    def _start(self, request: packet.Request, peer: tuple[str, int], local: str, now: float) -> None:
+    def _start(
+        self, request: packet.Request, peer: tuple[str, int], local: str, max_blk: int, now: float
+    ) -> None:
         if request.opcode == packet.WRQ:
             self._refuse(local, peer, packet.ERR_ACCESS, "read-only server", "write")
             return
@@ -227,7 +256,6 @@ class TftpServer:
             return
         if request.mode == "netascii":
             content = content.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-        max_blk = 65507 - 4 if self.family == socket.AF_INET else 65527 - 4
         nego = packet.negotiate(request.options, len(content), max_blksize=max_blk)
         try:
             sock = self._reply_socket(local, peer)

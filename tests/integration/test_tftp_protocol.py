@@ -6,9 +6,12 @@ packet-level client from tftp_fixtures against the real server on loopback.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +20,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.tftp import packet
+from services.tftp.server import TftpServer
 from tests.integration.tftp_fixtures import RawClient, RunningTftp, running_tftp
+from tests.netns import Namespace
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,6 +159,58 @@ def test_silent_client_gets_retransmissions_then_a_timeout_error(
     assert copies == 3  # the fixture's retries=3
     assert answer.code == packet.ERR_UNDEFINED
     tftp.wait_idle()
+
+
+def _serve_in_namespace(ns: Namespace, root: Path, stop: threading.Event) -> tuple[threading.Thread, int]:
+    """Run a TftpServer on a thread that has entered `ns`, so all its sockets live there."""
+    ports: list[int | BaseException] = []
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/var/run/netns/{ns.name}") as handle:
+                assert libc.setns(handle.fileno(), 0x40000000) == 0, "setns failed"
+            server = TftpServer(root, "127.0.0.1", 0)
+        except BaseException as exc:
+            ports.append(exc)
+            raise
+        ports.append(server.port)
+        server.run(stop)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _wait_for(lambda: bool(ports))
+    assert isinstance(ports[0], int), ports[0]
+    return thread, ports[0]
+
+
+@pytest.mark.netns
+def test_blksize_is_capped_to_the_arrival_interface_mtu(tftp: RunningTftp) -> None:
+    ns = Namespace.create("ktftpmtu")
+    stop = threading.Event()
+    try:
+        ns.run(["ip", "link", "set", "lo", "mtu", "1500"])
+        thread, port = _serve_in_namespace(ns, tftp.root, stop)
+        client = RawClient(port, ns.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        try:
+            client.request(packet.build_rrq("big.bin", options={"blksize": "8192"}))
+            assert client.recv() == packet.OptionAck({"blksize": "1468"})  # 1500 - IP - UDP - TFTP
+            client.ack(0)
+            assert client.recv() == packet.Data(1, tftp.files["big.bin"][:1468])
+        finally:
+            client.close()
+        # curl asking for more than the MTU allows still gets the whole file
+        out = tftp.root.parent / "mtu.out"
+        result = ns.run(
+            ["curl", "-sS", "--tftp-blksize", "8192", "-o", str(out), f"tftp://127.0.0.1:{port}/big.bin"]
+        )
+        assert result.returncode == 0
+        assert out.read_bytes() == tftp.files["big.bin"]
+    finally:
+        stop.set()
+        ns.delete()
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_netascii_mode_sends_crlf_line_ends(tftp: RunningTftp, client: RawClient) -> None:

@@ -71,9 +71,9 @@ def running_tftp(tmp_path: Path) -> Iterator[RunningTftp]:
 class RawClient:
     """A TFTP client that does exactly what a test tells it to, one packet at a time."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, sock: socket.socket | None = None) -> None:
         self.server = ("127.0.0.1", port)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(3)
         self.peer: tuple[str, int] | None = None

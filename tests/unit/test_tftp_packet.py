@@ -97,7 +97,7 @@ _VALID = [
 ]
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(_VALID),
     st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
