@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.models.base import Base, Timestamps, Versioned, utcnow
@@ -69,7 +69,14 @@ class EventSink(Timestamps, Versioned, Base):
 
 
 class Delivery(Base):
+    """One event to one sink (appliance.webhooks): its attempts and how the last one went."""
+
     __tablename__ = "deliveries"
+    __table_args__ = (
+        # one delivery per event per sink, whichever webhook worker fans the event out
+        Index("ix_deliveries_sink_event", "sink_id", "event_id", unique=True),
+        Index("ix_deliveries_status_due", "status", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sink_id: Mapped[int] = mapped_column(ForeignKey("event_sinks.id", ondelete="CASCADE"), index=True)
@@ -78,3 +85,8 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(255), nullable=True)
