@@ -75,7 +75,8 @@ class Delivery(Base):
     __table_args__ = (
         # one delivery per event per sink, whichever webhook worker fans the event out
         Index("ix_deliveries_sink_event", "sink_id", "event_id", unique=True),
-        Index("ix_deliveries_status_due", "status", "next_attempt_at"),
+        # a worker asks each sink for its due work (a dead sink must not starve the others)
+        Index("ix_deliveries_due", "sink_id", "status", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

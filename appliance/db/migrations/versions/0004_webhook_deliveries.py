@@ -34,12 +34,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("last_error", sa.String(length=255), nullable=True))
         batch_op.create_index("ix_deliveries_sink_event", ["sink_id", "event_id"], unique=True)
-        batch_op.create_index("ix_deliveries_status_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index("ix_deliveries_due", ["sink_id", "status", "next_attempt_at"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None, recreate=_recreate()) as batch_op:
-        batch_op.drop_index("ix_deliveries_status_due")
+        batch_op.drop_index("ix_deliveries_due")
         batch_op.drop_index("ix_deliveries_sink_event")
         batch_op.drop_column("last_error")
         batch_op.drop_column("last_attempt_at")
