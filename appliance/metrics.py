@@ -86,7 +86,8 @@ def metrics_port(settings: Settings, service: str) -> int:
 def start_metrics_server(settings: Settings, service: str) -> MetricsServer | None:
     """Expose /metrics for this process, once; later calls return the listener already running.
 
-    Returns None when metrics are disabled. Port 0 picks a free port (tests); `.port` says which.
+    Returns None when metrics are disabled or the port is taken (logged). Port 0 picks a free port
+    (tests); `.port` says which.
     """
     global _running
     if not settings.metrics_enabled:
@@ -95,7 +96,14 @@ def start_metrics_server(settings: Settings, service: str) -> MetricsServer | No
         if _running is not None and _running._server is not None:
             return _running
         port = metrics_port(settings, service)
-        server, thread = start_http_server(port, addr=settings.metrics_bind)
+        try:
+            server, thread = start_http_server(port, addr=settings.metrics_bind)
+        except OSError as exc:
+            # metrics are for watching the service, never a reason to stop it from serving
+            log.warning(
+                "no /metrics for %s: cannot listen on %s:%d: %s", service, settings.metrics_bind, port, exc
+            )
+            return None
         bound = server.server_address
         _running = MetricsServer(
             service=service, address=str(bound[0]), port=int(bound[1]), _server=server, _thread=thread
