@@ -6,6 +6,7 @@ import os
 import random
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
@@ -17,7 +18,8 @@ from appliance import ipam
 from appliance.config import Settings
 from appliance.db import Database
 from appliance.models import Node
-from tests.integration.dns_fixtures import RunningDns, Seeded, dig, run_dns, seed_zone
+from services.dns import server as dns_server
+from tests.integration.dns_fixtures import RunningDns, Seeded, dig, free_port, run_dns, seed_zone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,3 +141,20 @@ def test_fuzzed_queries_never_crash_the_responder(sqlite_dns: RunningDns) -> Non
     assert _counter("kiln_dns_internal_errors_total") == errors_before
     assert _counter("kiln_dns_malformed_packets_total") - malformed_before > 5000
     assert "10.9.0.11" in dig(dns.port, "n1.kiln.lab", "+tcp", "+short")
+
+
+def test_serve_entry_point_answers_until_stopped(settings: Settings, sqlite_db: Database) -> None:
+    seed_zone(sqlite_db)
+    port = free_port()
+    settings = settings.model_copy(update={"dns_bind": "127.0.0.1", "dns_port": port})
+    stop = threading.Event()
+    thread = threading.Thread(target=dns_server.serve, args=(settings, sqlite_db, stop), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "10.9.0.11" not in dig(port, "n1.kiln.lab", "+short"):
+            assert time.monotonic() < deadline, "serve() did not answer"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
