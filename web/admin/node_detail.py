@@ -119,7 +119,11 @@ def node_power(who: Caller, node_id: int) -> WerkzeugResponse:
         raise InvalidInput("power", "choose on, off, cycle or status")
     web = kiln()
     results = power_nodes(web.db, web.settings, [node_id], verb, actor=who.username)
-    return done(power_summary(verb, results))
+    message = power_summary(verb, results)
+    if verb != "status":
+        # an action writes no power_state of its own; read it back so every open page shows the change
+        power_nodes(web.db, web.settings, [node_id], "status", actor=who.username)
+    return done(message)
 
 
 @bp.post("/nodes/<int:node_id>/reprovision")

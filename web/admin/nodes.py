@@ -194,7 +194,10 @@ def _bulk(who: Caller, verb: str, ids: list[int], deployment: Deployment | None,
     web = kiln()
     if verb.startswith("power-"):
         results = power_nodes(web.db, web.settings, ids, verb.removeprefix("power-"), actor=who.username)
-        return power_summary(verb.removeprefix("power-"), results)
+        message = power_summary(verb.removeprefix("power-"), results)
+        # read the states back so the list (and every open page) shows the change
+        power_nodes(web.db, web.settings, [r.node_id for r in results if r.ok], "status", actor=who.username)
+        return message
     if verb == "reprovision":
         return reprovision(who, ids)
     assert deployment is not None
