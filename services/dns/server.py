@@ -88,6 +88,7 @@ class DnsServer:
         # Set by the poller thread; applied (cache invalidation included) only by the UDP thread,
         # before it answers its next query, so no stale entry can be cached after the swap.
         self.pending_zone: ZoneData | None = None
+        self.zone_lock = threading.Lock()  # the swap only: the hot path reads pending_zone unlocked
 
     # -- zone updates (poller thread → loop) ------------------------------------------------------
 
@@ -105,9 +106,10 @@ class DnsServer:
                 continue
             self.marker = marker
             last_full = time.monotonic()
-            current = self.pending_zone or self.zone
-            zone.serial = max(current.serial + 1, int(time.time()))
-            self.pending_zone = zone
+            with self.zone_lock:
+                current = self.pending_zone or self.zone
+                zone.serial = max(current.serial + 1, int(time.time()))
+                self.pending_zone = zone
             self._wake_udp()
 
     def _wake_udp(self) -> None:
@@ -122,7 +124,8 @@ class DnsServer:
         return self.pending_zone or self.zone
 
     def _apply_zone(self) -> None:
-        new, self.pending_zone = self.pending_zone, None
+        with self.zone_lock:
+            new, self.pending_zone = self.pending_zone, None
         if new is None:
             return
         old = self.zone
