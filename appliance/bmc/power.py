@@ -133,8 +133,9 @@ def power_nodes(
     results: dict[int, PowerResult] = {}
     jobs: list[tuple[int, str, BMCTarget]] = []
     with db.read_session() as session:
+        found = {n.id: n for n in session.scalars(select(Node).where(Node.id.in_(ids)))}
         for node_id in ids:
-            node = session.get(Node, node_id)
+            node = found.get(node_id)
             if node is None:
                 results[node_id] = PowerResult(node_id, str(node_id), action, ok=False, error="no such node")
                 continue
@@ -174,8 +175,11 @@ def record_results(db: Database, results: Sequence[PowerResult], *, actor: str =
         return
     now = utcnow()
     with db.session() as session:
+        found = {
+            n.id: n for n in session.scalars(select(Node).where(Node.id.in_([r.node_id for r in results])))
+        }
         for r in results:
-            node = session.get(Node, r.node_id)
+            node = found.get(r.node_id)
             if node is None:
                 continue
             if r.action == "status":
