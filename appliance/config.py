@@ -35,6 +35,7 @@ DEFAULT_METRICS_PORTS = {
     "annealer": 9675,
     "ra": 9676,
     "power-state": 9677,
+    "webhooks": 9678,
 }
 
 
@@ -106,6 +107,16 @@ class Settings(BaseSettings):
     annealer_batch: int = 500
     annealer_lease_seconds: int = 300
     annealer_retry_limit: int = 5
+
+    # event sinks (appliance.webhooks): POSTs at once, seconds per POST, tries before `failed`,
+    # first retry delay (doubling up to the max), POSTs at once to one sink, days deliveries are kept
+    webhooks_workers: int = 8
+    webhooks_timeout: float = 5.0
+    webhooks_max_attempts: int = 8
+    webhooks_backoff_seconds: float = 5.0
+    webhooks_backoff_max: float = 900.0
+    webhooks_per_sink: int = 2
+    webhooks_keep_days: int = 7
 
     metrics_enabled: bool = True
     metrics_bind: str = "127.0.0.1"
