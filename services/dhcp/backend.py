@@ -118,6 +118,8 @@ class _Index:
     fixed: dict[tuple[int, str], Binding] = field(default_factory=dict)
     taken: dict[int, frozenset[int]] = field(default_factory=dict)
     known_macs: frozenset[str] = frozenset()
+    # relay address -> network, filled as relays are seen (the only cache in a snapshot)
+    by_relay: dict[int, NetworkInfo | None] = field(default_factory=dict)
 
 
 def _ipv4(text: str | None) -> int | None:
@@ -276,7 +278,13 @@ class DatabaseBackend:
     def network_for(self, interface: str, local_address: int, giaddr: int) -> NetworkInfo | None:
         index = self._index
         if giaddr:
-            return next((n for n in index.networks if n.contains(giaddr)), None)
+            try:
+                return index.by_relay[giaddr]
+            except KeyError:
+                found_by_relay = next((n for n in index.networks if n.contains(giaddr)), None)
+                if len(index.by_relay) < 65536:
+                    index.by_relay[giaddr] = found_by_relay
+                return found_by_relay
         found = index.by_interface.get(interface)
         if found is not None:
             return found
@@ -295,7 +303,11 @@ class DatabaseBackend:
         return offer is None or offer[0] == mac or offer[1] <= now
 
     def _in_pool(self, network: NetworkInfo, address: int) -> bool:
-        return any(first <= address <= last for first, last in network.pools)
+        # a plain loop: any() over a generator costs a frame per call, on every packet
+        for first, last in network.pools:  # noqa: SIM110
+            if first <= address <= last:
+                return True
+        return False
 
     def allocate(self, network: NetworkInfo, mac: str, requested: int | None, now: float) -> Binding | None:
         index = self._index

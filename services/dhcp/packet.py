@@ -207,21 +207,22 @@ def parse(data: bytes) -> Packet:
     arch = options.get(OPT_CLIENT_ARCH)
     if arch is not None and (len(arch) < 2 or len(arch) % 2):
         raise MalformedPacket("client architecture option is not a list of 16-bit values")
+    # positional: this runs for every packet, and keyword construction costs measurably more
     return Packet(
-        op=op,
-        xid=xid,
-        chaddr=chaddr[:hlen],
-        htype=htype,
-        hops=hops,
-        secs=secs,
-        flags=flags,
-        ciaddr=ciaddr,
-        yiaddr=yiaddr,
-        siaddr=siaddr,
-        giaddr=giaddr,
-        sname=sname.split(b"\0", 1)[0],
-        file=file.split(b"\0", 1)[0],
-        options=options,
+        op,
+        xid,
+        chaddr[:hlen],
+        htype,
+        hops,
+        secs,
+        flags,
+        ciaddr,
+        yiaddr,
+        siaddr,
+        giaddr,
+        sname.split(b"\0", 1)[0] if sname[:1] != b"\0" else b"",
+        file.split(b"\0", 1)[0] if file[:1] != b"\0" else b"",
+        options,
     )
 
 

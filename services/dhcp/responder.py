@@ -68,8 +68,9 @@ class Responder:
     def __init__(self, backend: Backend, config: ResponderConfig) -> None:
         self.backend = backend
         self.config = config
-        # per (network, server id): the options every reply on it carries, as a dict and pre-encoded
-        self._static: dict[tuple[NetworkInfo, int], tuple[dict[int, bytes], bytes]] = {}
+        # per (network id, server id): the options every reply on it carries, as a dict and pre-encoded,
+        # with the NetworkInfo they were made from (a refreshed index brings new objects)
+        self._static: dict[tuple[int, int], tuple[NetworkInfo, dict[int, bytes], bytes]] = {}
         self._text: dict[int, str] = {}
 
     # -- entry point ------------------------------------------------------------------------------------
@@ -188,10 +189,10 @@ class Responder:
         return text
 
     def _static_options(self, network: NetworkInfo, server_id: int) -> tuple[dict[int, bytes], bytes]:
-        key = (network, server_id)
+        key = (network.id, server_id)
         cached = self._static.get(key)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] is network:
+            return cached[1], cached[2]
         if len(self._static) > 1024:
             self._static.clear()
         advertise = self.config.advertise or options.ip_text(server_id)
@@ -214,9 +215,9 @@ class Responder:
         if network.mtu:
             static[options.MTU] = options.u16(network.mtu)
         static[options.DOMAIN_SEARCH] = options.domain_search([domain])
-        both = (static, encode_options(static)[:-1])
-        self._static[key] = both
-        return both
+        wire = encode_options(static)[:-1]
+        self._static[key] = (network, static, wire)
+        return static, wire
 
     def _reply(
         self,

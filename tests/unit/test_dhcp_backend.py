@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import struct
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -200,3 +201,16 @@ def test_renewing_and_rebinding_client_keeps_its_address_and_is_answered_unicast
     # another client rebinding onto that address is refused
     other = responder.handle(_packet(REQUEST, 2, ciaddr=address), IFACE, now + 540)
     assert other is not None and other.data is not None and parse(other.data).message_type == NAK
+
+
+def test_offer_to_real_ipxe_carries_script_url_and_no_pxedhcp(sqlite_db: Database) -> None:
+    _network(sqlite_db)
+    responder = Responder(_backend(sqlite_db), CONFIG)
+    data = (Path(__file__).parent.parent / "data" / "dhcp" / "ipxe_uefi_discover.bin").read_bytes()
+    out = responder.handle(parse(data), IFACE, time.time())
+    assert out is not None and out.data is not None
+    offer = parse(out.data)
+    assert offer.options[67] == b"http://10.9.0.1:8080/boot/ipxe?mac=${net0/mac}"
+    assert offer.options[175] == bytes((176, 1, 1))
+    assert offer.options[97] == parse(data).options[97]
+    assert offer.siaddr == SERVER

@@ -45,7 +45,12 @@ def _ipxe_discover(arch: int = 0) -> Packet:
 
 
 def test_golden_packets_from_real_clients_parse() -> None:
-    assert set(GOLDEN) >= {"dhclient_discover.bin", "nmap_discover.bin", "perfdhcp_discover.bin"}
+    assert set(GOLDEN) >= {
+        "dhclient_discover.bin",
+        "nmap_discover.bin",
+        "perfdhcp_discover.bin",
+        "ipxe_bios_discover.bin",
+    }
     for name, data in GOLDEN.items():
         packet = parse(data)
         assert packet.message_type == DISCOVER, name
@@ -219,3 +224,13 @@ def test_fuzz_mutated_real_packets_raise_only_malformed_packet(name: str, seed: 
     rng = random.Random(seed)
     for _ in range(40):
         _parse_or_malformed(_mutate(GOLDEN[name], rng))
+
+
+@pytest.mark.parametrize(("name", "arch"), [("ipxe_bios_discover.bin", 0), ("ipxe_uefi_discover.bin", 7)])
+def test_real_ipxe_discover_is_recognised_and_gets_the_script_url(name: str, arch: int) -> None:
+    packet = parse(GOLDEN[name])
+    assert packet.is_ipxe and packet.client_arch == arch
+    assert packet.vendor_class.startswith(f"PXEClient:Arch:0000{arch}")
+    assert {60, 77, 93, 97, 175} <= set(packet.options)
+    choice = bootfile.choose(packet, advertise="10.1.0.1", web_port=8080, uefi_loader="ipxe.efi")
+    assert choice is not None and choice.filename == "http://10.1.0.1:8080/boot/ipxe?mac=${net0/mac}"
