@@ -5,7 +5,8 @@
 All three servers run in one fresh network namespace (its own loopback, so dnsmasq can have port 69)
 and curl runs there too. Each round fetches the file once from each server, in a rotating order, at
 blksize 1468 and at 512; the figures are medians over the rounds, in MB/s (10^6 bytes). Every
-download is checked byte for byte.
+download is checked byte for byte. Each server's CPU time per block (from /proc/<pid>/stat) is
+printed too: on a loaded machine it moves far less than throughput does.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def _wait_ready(ns: Namespace, port: int, name: str, out: Path) -> None:
             return
         time.sleep(0.1)
     raise SystemExit(f"server on port {port} did not answer")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process: unlike throughput, barely moved by other load on the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fetch(ns: Namespace, port: int, blksize: int, out: Path, size: int) -> float:
@@ -114,16 +121,25 @@ def main() -> None:
         for port in PORTS.values():
             _wait_ready(ns, port, "small.bin", out)
         servers = list(PORTS)
+        pids = dict(zip(servers, [procs[1].pid, procs[0].pid, procs[2].pid], strict=True))
         results: dict[tuple[str, int], list[float]] = {(s, b): [] for s in servers for b in (1468, 512)}
+        cpu: dict[tuple[str, int], list[float]] = {(s, b): [] for s in servers for b in (1468, 512)}
         for run in range(args.runs):
             order = servers[run % 3 :] + servers[: run % 3]
             for blksize in (1468, 512):
                 for server in order:
+                    before = cpu_seconds(pids[server])
                     mbps = fetch(ns, PORTS[server], blksize, out, size)
+                    per_block = (cpu_seconds(pids[server]) - before) / (size // blksize + 1) * 1e6
                     if mbps and out.read_bytes() != content:
                         raise SystemExit(f"{server} sent different bytes")
                     results[(server, blksize)].append(mbps)
-                    print(f"run {run + 1} blksize {blksize:5d} {server:8s} {mbps:7.1f} MB/s", flush=True)
+                    cpu[(server, blksize)].append(per_block)
+                    print(
+                        f"run {run + 1} blksize {blksize:5d} {server:8s} {mbps:7.1f} MB/s  "
+                        f"server CPU {per_block:5.1f} µs/block",
+                        flush=True,
+                    )
         print()
         print(f"TFTP {args.size_mb} MB with curl, median of {args.runs} runs (MB/s):")
         for blksize in (1468, 512):
@@ -132,6 +148,13 @@ def main() -> None:
                 f"  blksize {blksize:5d}: kiln {med['kiln']:6.1f}   dnsmasq {med['dnsmasq']:6.1f}   "
                 f"tftpy {med['tftpy']:6.1f}   kiln/dnsmasq {med['kiln'] / med['dnsmasq']:.2f}x   "
                 f"kiln/tftpy {med['kiln'] / med['tftpy']:.2f}x"
+            )
+        print("Server CPU per block, median (µs; lower is better, and robust to other load):")
+        for blksize in (1468, 512):
+            med = {s: statistics.median(cpu[(s, blksize)]) for s in servers}
+            print(
+                f"  blksize {blksize:5d}: kiln {med['kiln']:5.1f}   dnsmasq {med['dnsmasq']:5.1f}   "
+                f"tftpy {med['tftpy']:5.1f}   dnsmasq/kiln {med['dnsmasq'] / med['kiln']:.2f}x"
             )
     finally:
         for proc in procs:
