@@ -98,16 +98,19 @@ class SimBMC:
     directory: Path
     username: str = "admin"
     password: str = field(default_factory=lambda: secrets.token_hex(6))
+    # the loopback address it listens on (ipmi_sim 1.0.13 takes only one): another 127.0.0.x lets a
+    # test's bmc network hand out the address this BMC answers on
+    listen: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.listen}:{self.port}"
 
     def ipmitool(self, *args: str, password: str | None = None, timeout: float = 15) -> str:
         """Run the real client (lanplus, cipher suite 3) and return its stdout; raise on failure."""
         cmd = [
-            IPMITOOL, "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", str(self.port),
+            IPMITOOL, "-I", "lanplus", "-C", "3", "-H", self.listen, "-p", str(self.port),
             "-U", self.username, "-P", password or self.password, *args,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -137,7 +140,7 @@ class SimBMC:
             f'name "{self.name}"\n'
             "set_working_mc 0x20\n"
             "  startlan 1\n"
-            f"    addr 127.0.0.1 {self.port}\n"
+            f"    addr {self.listen} {self.port}\n"
             "    priv_limit admin\n"
             f"    allowed_auths_callback {auths}\n"
             f"    allowed_auths_user {auths}\n"
@@ -175,7 +178,7 @@ class SimBMC:
                 raise RuntimeError(
                     f"ipmi_sim {self.name} exited: {(self.directory / 'ipmi_sim.log').read_text()}"
                 )
-            if rmcp_ping("127.0.0.1", self.port, 0.1):
+            if rmcp_ping(self.listen, self.port, 0.1):
                 return self
         self.stop()
         raise RuntimeError(f"ipmi_sim {self.name} did not answer on port {self.port} within 5 s")
@@ -210,12 +213,22 @@ class IPMISimFarm:
         self.prefix = f"{prefix}{os.getpid()}"
         self.bmcs: list[SimBMC] = []
 
-    def add(self, *, extra_lan_conf: str = "", extra_emu: str = "", password: str | None = None) -> SimBMC:
+    def add(
+        self,
+        *,
+        extra_lan_conf: str = "",
+        extra_emu: str = "",
+        password: str | None = None,
+        listen: str = "127.0.0.1",
+    ) -> SimBMC:
         index = len(self.bmcs)
         for _ in range(5):  # a free port can be taken by someone else before ipmi_sim binds it
             port = free_port()
             bmc = SimBMC(
-                name=f"{self.prefix}-{index}", port=port, directory=self.base / f"ipmi{index}-{port}"
+                name=f"{self.prefix}-{index}",
+                port=port,
+                directory=self.base / f"ipmi{index}-{port}",
+                listen=listen,
             )
             if password:
                 bmc.password = password

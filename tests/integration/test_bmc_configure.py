@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from appliance import ipam
+from appliance.bmc import roles
 from appliance.bmc.base import BMCTarget
 from appliance.bmc.configure import configure_bmc
 from appliance.bmc.credentials import decrypt_password, set_node_bmc
 from appliance.bmc.ipmi import IPMIDriver
 from appliance.config import Settings
 from appliance.db import Database
-from appliance.errors import NotFound
+from appliance.errors import JigError, NotFound
+from appliance.jigs.base import NodeRoleContext
 from appliance.models import Allocation, Event, Network, Node
 from tests.bmcsim import IPMISimFarm, SimBMC
 
@@ -105,3 +109,67 @@ def test_configure_bmc_without_a_bmc_network_says_what_to_create(
         session.flush()
         with pytest.raises(NotFound, match="no network 'bmc'"):
             configure_bmc(session, node, settings, IPMIDriver(BMCTarget.parse(bmc.address, "a", "b")))
+
+
+def test_bmc_configure_role_moves_the_bmc_to_its_bmc_network_address(
+    tmp_path: Path, sqlite_db: Database, settings: Settings
+) -> None:
+    # the BMC listens on 127.0.0.10, the first address of the test's bmc range: the role sets that
+    # address and its "log in at the new address" check reaches the same simulated BMC
+    sims = IPMISimFarm(tmp_path / "ipmi")
+    try:
+        bmc = sims.add(listen="127.0.0.10")
+        with sqlite_db.session() as session:
+            network = Network(name="lab-bmc", cidr="127.0.0.0/24", category="bmc")
+            session.add(network)
+            session.flush()
+            ipam.make_range(session, network, "bmcs", "bmc", "127.0.0.10", "127.0.0.20")
+            node = Node(name="role1.kiln.lab")
+            session.add(node)
+            session.flush()
+            set_node_bmc(
+                session, settings, node, address=bmc.address, username="admin", password=bmc.password
+            )
+            node_id = node.id
+        ctx = NodeRoleContext(
+            id=1, node_id=node_id, node_name="role1.kiln.lab", role="bmc-configure", deployment_id=1
+        )
+
+        assert roles.discover(sqlite_db, settings, ctx, {}) == {"bmc_present": True, "bmc_driver": "ipmi"}
+        outputs = roles.configure(
+            sqlite_db, settings, ctx, {"bmc_network": "lab-bmc", "bmc_username": "kiln"}
+        )
+        assert outputs == {"bmc_address": "127.0.0.10"}
+        assert "IP Address              : 127.0.0.10" in bmc.ipmitool("lan", "print", "1")
+        with sqlite_db.read_session() as session:
+            node = session.get(Node, node_id)
+            assert node is not None and node.bmc_password_enc is not None
+            assert (node.bmc_address, node.bmc_username) == (f"127.0.0.10:{bmc.port}", "kiln")
+            password = decrypt_password(settings, node.bmc_password_enc)
+        done = subprocess.run(
+            ["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.10", "-p", str(bmc.port),
+             "-U", "kiln", "-P", password, "chassis", "power", "status"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    finally:
+        sims.stop()
+
+
+def test_bmc_configure_role_without_any_bmc_fails_clearly(sqlite_db: Database, settings: Settings) -> None:
+    with sqlite_db.session() as session:
+        network = Network(name="bmc", cidr="10.91.0.0/24", category="bmc")
+        session.add(network)
+        session.flush()
+        ipam.make_range(session, network, "bmcs", "bmc", "10.91.0.10", "10.91.0.20")
+        node = Node(name="nobmc.kiln.lab", inventory={"bmc": {"present": False}})
+        session.add(node)
+        session.flush()
+        node_id = node.id
+    ctx = NodeRoleContext(
+        id=2, node_id=node_id, node_name="nobmc.kiln.lab", role="bmc-configure", deployment_id=1
+    )
+    assert roles.discover(sqlite_db, settings, ctx, {}) == {"bmc_present": False, "bmc_driver": ""}
+    with pytest.raises(JigError, match="kiln bmc set") as caught:
+        roles.configure(sqlite_db, settings, ctx, {})
+    assert not caught.value.retryable
