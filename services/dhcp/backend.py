@@ -11,10 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
-import socket
-import struct
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +21,7 @@ from sqlalchemy import func, select
 from appliance import events
 from appliance.db import Database
 from appliance.models import Allocation, Lease, Network, Node, NodeMac, Range, Reservation, Router
+from services.dhcp.leases import LeaseRecord, LeaseWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +30,6 @@ OFFER_HOLD_SECONDS = 30.0
 # A declined address (someone else answers ARP for it) is kept out of the pool this long.
 DECLINE_HOLD_SECONDS = 600.0
 _ACTIVE_STATES = ("active", "declined")
-_PACK_IP = struct.Struct("!I").pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +61,6 @@ class Binding:
     address: int
     hostname: str | None = None
     fixed: bool = False
-
-
-@dataclass(slots=True)
-class LeaseRecord:
-    """One row of the `leases` table to write (times are unix seconds)."""
-
-    network_id: int
-    mac: str
-    address: int
-    state: str
-    starts: float
-    ends: float
-    client_id: str | None = None
-    hostname: str | None = None
-    relay: str | None = None
-    client_arch: int | None = None
-    vendor_class: str | None = None
-    ipxe: bool = False
 
 
 class Backend(Protocol):
@@ -134,16 +113,6 @@ def _epoch(value: dt.datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
 
 
-_UPSERT = (
-    "INSERT INTO leases (network_id, mac, address, address_int, client_id, hostname, state, starts_at, "
-    "ends_at, relay, client_arch, vendor_class, ipxe) VALUES {values} ON CONFLICT (network_id, address_int) "
-    "DO UPDATE SET mac = excluded.mac, client_id = excluded.client_id, hostname = excluded.hostname, "
-    "state = excluded.state, starts_at = excluded.starts_at, ends_at = excluded.ends_at, "
-    "relay = excluded.relay, client_arch = excluded.client_arch, vendor_class = excluded.vendor_class, "
-    "ipxe = excluded.ipxe"
-)
-
-
 class DatabaseBackend:
     """The Backend over Kiln's database (SQLite or PostgreSQL)."""
 
@@ -161,11 +130,7 @@ class DatabaseBackend:
         self._offers: dict[tuple[int, int], tuple[str, float]] = {}
         self._offer_of: dict[tuple[int, str], int] = {}
         self._cursor: dict[tuple[int, int], int] = {}
-        self._conn: Any = None
-        self._seconds: dict[int, str] = {}
-        placeholder = "?" if db.is_sqlite else "%s"
-        self._row_marks = "(" + ", ".join([placeholder] * 13) + ")"
-        self._upsert_sql: dict[int, str] = {}
+        self.writer = LeaseWriter(db)
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -424,76 +389,18 @@ class DatabaseBackend:
 
     # -- durable writes ---------------------------------------------------------------------------------
 
-    def _time(self, value: float) -> Any:
-        if not self.db.is_sqlite:
-            return dt.datetime.fromtimestamp(value, dt.UTC)
-        # the text form SQLAlchemy's SQLite DateTime writes and reads back; the seconds part is cached
-        # because a batch's times fall within a second or two of each other
-        second = int(value)
-        text = self._seconds.get(second)
-        if text is None:
-            if len(self._seconds) > 64:
-                self._seconds.clear()
-            text = self._seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-        return f"{text}.{int((value - second) * 1e6):06d}"
-
-    def row(self, r: LeaseRecord) -> tuple[Any, ...]:
-        starts_v, ends_v = self._time(r.starts), self._time(r.ends)
-        address = socket.inet_ntoa(_PACK_IP(r.address))
-        return (
-            r.network_id, r.mac, address, r.address, r.client_id, r.hostname, r.state, starts_v, ends_v,
-            r.relay, r.client_arch, r.vendor_class, r.ipxe,
-        )  # fmt: skip
+    def row(self, record: LeaseRecord) -> tuple[Any, ...]:
+        return self.writer.row(record)
 
     def commit(self, records: Sequence[LeaseRecord]) -> None:
-        self.commit_rows([self.row(r) for r in records])
-
-    def _upsert(self, count: int) -> str:
-        sql = self._upsert_sql.get(count)
-        if sql is None:
-            sql = self._upsert_sql[count] = _UPSERT.format(values=", ".join([self._row_marks] * count))
-        return sql
+        self.writer.commit_rows([self.writer.row(r) for r in records])
 
     def commit_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """`commit()` for rows already formatted by `row()`.
-
-        One multi-row INSERT rather than executemany: each statement step releases and retakes the GIL,
-        and under load the receive thread holds it, so 64 steps cost up to 64 thread switches.
-        """
-        if not rows:
-            return
-        # one row per address: PostgreSQL refuses to upsert the same key twice in one statement
-        latest = {(row[0], row[3]): row for row in rows}
-        params = [value for row in latest.values() for value in row]
-        sql = self._upsert(len(latest))
-        if self._conn is None:
-            self._conn = self.db.engine.raw_connection()
-        conn = self._conn
-        try:
-            cursor = conn.cursor()
-            if self.db.is_sqlite:
-                # the engine opens SQLite in autocommit mode; one explicit transaction per batch, and
-                # synchronous=FULL makes its COMMIT the fsync the ACKs wait for
-                cursor.execute("BEGIN IMMEDIATE")
-                cursor.execute(sql, params)
-                cursor.execute("COMMIT")
-            else:
-                cursor.execute(sql, params)
-                conn.commit()
-            cursor.close()
-        except Exception:
-            self._conn = None
-            try:
-                conn.invalidate()
-            except Exception:
-                log.debug("dhcp: closing a failed connection failed too", exc_info=True)
-            raise
+        self.writer.commit_rows(rows)
 
     def record_event(self, action: str, message: str, data: dict[str, Any]) -> None:
         with self.db.session() as session:
             events.record(session, action, subject_type="dhcp", actor="dhcp", message=message, data=data)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.writer.close()

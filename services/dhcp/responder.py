@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass
 
 from services.dhcp import bootfile, options
-from services.dhcp.backend import Backend, LeaseRecord, NetworkInfo
+from services.dhcp.backend import Backend, NetworkInfo
+from services.dhcp.leases import LeaseRecord
 from services.dhcp.packet import (
     ACK,
     BOOTREPLY,

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from appliance import ipam
 from appliance.db import Database
 from appliance.models import Lease, Network, Node, NodeMac, Reservation
-from services.dhcp.backend import DatabaseBackend, LeaseRecord
+from services.dhcp.backend import DatabaseBackend
+from services.dhcp.leases import LeaseRecord
 from services.dhcp.packet import ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, REQUEST, Packet, encode, parse
 from services.dhcp.responder import Interface, Responder, ResponderConfig
 
