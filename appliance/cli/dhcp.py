@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 from sqlalchemy import select
 
 from appliance.cli.base import CliContext, json_option, main, output, pass_cli
-from appliance.models import Lease, Network
+from appliance.models import Lease, Network, utcnow
+
+
+def _state(lease: Lease, now: dt.datetime) -> str:
+    # the server does not rewrite rows when a lease runs out; its end time says it has
+    ends = lease.ends_at if lease.ends_at.tzinfo else lease.ends_at.replace(tzinfo=dt.UTC)
+    return "expired" if lease.state == "active" and ends <= now else lease.state
 
 
 @main.group("dhcp")
@@ -28,15 +36,16 @@ def dhcp_leases(cli: CliContext, network_name: str | None, show_all: bool, as_js
     )
     if network_name:
         query = query.where(Network.name == network_name)
+    now = utcnow()
     if not show_all:
-        query = query.where(Lease.state == "active")
+        query = query.where(Lease.state == "active", Lease.ends_at > now)
     with cli.db.read_session() as session:
         rows = [
             {
                 "network": name,
                 "address": lease.address,
                 "mac": lease.mac,
-                "state": lease.state,
+                "state": _state(lease, now),
                 "hostname": lease.hostname or "",
                 "ends_at": lease.ends_at.isoformat(timespec="seconds"),
                 "relay": lease.relay or "",

@@ -218,3 +218,26 @@ def test_rogue_dnsmasq_on_served_segment_is_recorded(
     assert (
         f'kiln_dhcp_rogue_replies_total{{interface="eth0",mac="{rogue_mac}",server="10.70.0.2"}}' in metrics
     )
+
+
+def test_only_configured_interfaces_are_served(
+    namespaces: dict[str, Namespace], db: Database, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    srv, served, other = namespaces["srv"], namespaces["cli"], namespaces["mid"]
+    veth(srv, "eth0", served, "eth0")
+    veth(srv, "eth1", other, "eth0")
+    srv.address("eth0", "10.80.0.1/24")
+    srv.address("eth1", "10.81.0.1/24")
+    served.address("eth0", "10.80.0.250/24")
+    other.address("eth0", "10.81.0.250/24")
+    seed_network(db, "served", "10.80.0.0/24", ("10.80.0.100", "10.80.0.199"), interface="eth0")
+    seed_network(db, "other", "10.81.0.0/24", ("10.81.0.100", "10.81.0.199"), interface="eth1")
+    _kiln(srv, tmp_path, db, request)  # KILN_DHCP_INTERFACES=eth0 only
+    answered = client_socket(served, "eth0")
+    ignored = client_socket(other, "eth0")
+    ignored.sendto(request_packet(DISCOVER, mac_for(5), 51), ("255.255.255.255", 67))
+    answered.sendto(request_packet(DISCOVER, mac_for(6), 61), ("255.255.255.255", 67))
+    assert [p.xid for p, _src in collect(answered, 1, timeout=5)] == [61]
+    assert collect(ignored, 1, timeout=2) == []
+    answered.close()
+    ignored.close()
