@@ -30,7 +30,7 @@ from appliance.db import Database
 from appliance.db.migrate import alembic_config, current_revision
 from appliance.models import AnnealerHeartbeat, Node
 
-UNIT_SERVICES = ("web", "dhcp", "ra", "tftp", "dns", "annealer", "power-state")
+UNIT_SERVICES = ("web", "dhcp", "ra", "tftp", "dns", "annealer", "power-state", "webhooks")
 PEER_PACKAGES = ("ipxe", "qemu-system-x86", "postgresql")
 
 
