@@ -38,6 +38,7 @@ MALFORMED = Counter("kiln_dns_malformed_packets_total", "DNS packets dropped bec
 QUERIES = Counter("kiln_dns_queries_total", "DNS queries by how they were answered", ["path"])
 ERRORS = Counter("kiln_dns_internal_errors_total", "DNS queries dropped by an unexpected error")
 
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # <linux/in.h>; Python 3.11 does not name it on Linux
 POLL_INTERVAL = 0.2  # change marker poll: changes are visible well within 1 s
 FULL_RELOAD = 30.0  # rebuild anyway, so expired leases leave the zone
 TICK = 0.1
@@ -69,6 +70,12 @@ class DnsServer:
         family = socket.AF_INET6 if ":" in settings.dns_bind else socket.AF_INET
         self.udp, self.tcp = _bind_pair(family, settings.dns_bind, settings.dns_port)
         self.port: int = self.udp.getsockname()[1]
+        self.wildcard = settings.dns_bind in ("0.0.0.0", "::", "")
+        if self.wildcard:
+            if family == socket.AF_INET:
+                self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                self.udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.epoll = select.epoll()
@@ -165,7 +172,7 @@ class DnsServer:
             self.recursion[address] = known
         return known
 
-    def _answer(self, data: bytes, peer: Any, tcp: TcpClient | None) -> bytes | None:
+    def _answer(self, data: bytes, peer: Any, tcp: TcpClient | None, client: Any = None) -> bytes | None:
         """The reply to one query, or None when there is none to send now (dropped or forwarded)."""
         try:
             query = packet.parse_query(data)
@@ -195,7 +202,7 @@ class DnsServer:
         if tcp is not None:
             sent = self.forwarder.forward_tcp(data, lambda reply: self._post(tcp, reply, data))
         else:
-            sent = self.forwarder.forward_udp(data, query.question_end, peer, time.monotonic())
+            sent = self.forwarder.forward_udp(data, query.question_end, client, time.monotonic())
         if sent:
             QUERIES.labels("forwarded").inc()
             return None
@@ -239,17 +246,63 @@ class DnsServer:
                 break
             self.fast_hits += hits
             hits = 0
-            if not data:
-                continue  # our own wake-up
+            self._udp_slow(data, peer, peer)
+
+    def _udp_reader_pktinfo(self, stop: threading.Event) -> None:
+        """The reader for a wildcard bind: each answer leaves from the address its query was sent to.
+
+        A multi-homed appliance (admin and BMC networks) bound to 0.0.0.0 would otherwise answer from
+        whatever address routing picks, and resolvers drop answers from an unexpected source.
+        """
+        recvmsg, sendmsg, get = self.udp.recvmsg, self.udp.sendmsg, self.cache.get
+        space = socket.CMSG_SPACE(64)
+        hits = 0
+        while True:
             try:
-                reply = self._answer(data, peer, None)
-                if reply is not None:
-                    sendto(reply, peer)
+                data, ancdata, _flags, peer = recvmsg(4096, space)
             except OSError:
-                pass
-            except Exception:  # a bug must cost one answer, never the responder
-                ERRORS.inc()
-                log.exception("dns: query from %s failed", peer)
+                if stop.is_set():
+                    break
+                continue
+            if self.pending_zone is not None:
+                self._apply_zone()
+            cached = get(data[2:])
+            if cached is not None:
+                try:
+                    sendmsg([data[:2] + cached], ancdata, 0, peer)
+                    hits += 1
+                except OSError:
+                    continue
+                if hits >= 4096:
+                    self.fast_hits += hits
+                    hits = 0
+                continue
+            if stop.is_set():
+                break
+            self.fast_hits += hits
+            hits = 0
+            self._udp_slow(data, peer, (peer, ancdata))
+
+    def _send_udp(self, reply: bytes, client: Any) -> None:
+        """Answer a UDP client: `client` is the peer, or (peer, ancillary data) on a wildcard bind."""
+        if self.wildcard:
+            peer, ancdata = client
+            self.udp.sendmsg([reply], ancdata, 0, peer)
+        else:
+            self.udp.sendto(reply, client)
+
+    def _udp_slow(self, data: bytes, peer: Any, client: Any) -> None:
+        if not data:
+            return  # our own wake-up (or an empty datagram, which has nothing to answer)
+        try:
+            reply = self._answer(data, peer, None, client)
+            if reply is not None:
+                self._send_udp(reply, client)
+        except OSError:
+            pass
+        except Exception:  # a bug must cost one answer, never the responder
+            ERRORS.inc()
+            log.exception("dns: query from %s failed", peer)
 
     def _on_upstream(self, sock: socket.socket) -> None:
         for _ in range(BATCH):
@@ -263,7 +316,7 @@ class DnsServer:
             if relayed is not None:
                 client, reply = relayed
                 with contextlib.suppress(OSError):
-                    self.udp.sendto(reply, client)
+                    self._send_udp(reply, client)
 
     # -- TCP ----------------------------------------------------------------------------------------
 
@@ -358,7 +411,7 @@ class DnsServer:
             original = entry.client_id + entry.query[2:]
             with contextlib.suppress(OSError):
                 reply = packet.header_reply(original, packet.parse_query(original), packet.RCODE_SERVFAIL)
-                self.udp.sendto(reply, entry.client)
+                self._send_udp(reply, entry.client)
         for client in [c for c in self.tcp_clients.values() if now - c.last > TCP_IDLE]:
             self._close_tcp(client)
         total = self.fast_hits
@@ -369,7 +422,8 @@ class DnsServer:
     def run(self, stop: threading.Event) -> None:
         poller = threading.Thread(target=self._poll_zone, args=(stop,), name="dns-zone-poll", daemon=True)
         poller.start()
-        reader = threading.Thread(target=self._udp_reader, args=(stop,), name="dns-udp", daemon=True)
+        target = self._udp_reader_pktinfo if self.wildcard else self._udp_reader
+        reader = threading.Thread(target=target, args=(stop,), name="dns-udp", daemon=True)
         reader.start()
         tcp_fd, wake_fd = self.tcp.fileno(), self.wake_r.fileno()
         upstream = {s.fileno(): s for s in self.forwarder.sockets.values()}

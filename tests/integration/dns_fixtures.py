@@ -114,10 +114,10 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def dig(port: int, *args: str, source: str | None = None) -> str:
+def dig(port: int, *args: str, source: str | None = None, server: str = "127.0.0.1") -> str:
     tool = shutil.which("dig")
     assert tool, "dig is not installed (package bind9-dnsutils)"
-    cmd = [tool, "@127.0.0.1", "-p", str(port), "+time=3", "+tries=1", *args]
+    cmd = [tool, f"@{server}", "-p", str(port), "+time=3", "+tries=1", *args]
     if source:
         cmd[2:2] = ["-b", source]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False).stdout

@@ -173,3 +173,26 @@ def test_upstream_failure_becomes_servfail(
     for running in run_dns(settings, zone_db):
         out = dig(running.port, "upstream.example.test")
         assert _status(out) == "SERVFAIL"
+
+
+def test_wildcard_bind_answers_from_the_address_that_was_asked(
+    zone_db: Database, upstream: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dig sends from 127.0.0.1 to 127.0.0.2; routing alone would answer from 127.0.0.1, and dig drops
+    # an answer from an unexpected source. Both the fast path and a forwarded answer must come back
+    # from 127.0.0.2.
+    monkeypatch.setenv("KILN_CONFIG", str(tmp_path / "absent.toml"))
+    settings = Settings(
+        state_dir=tmp_path,
+        dns_bind="0.0.0.0",
+        dns_port=0,
+        dns_upstreams=[f"127.0.0.1:{upstream}"],
+        dns_allow_recursion_from=["127.0.0.0/8"],
+    )
+    for running in run_dns(settings, zone_db):
+        for _ in range(2):  # the second answer comes from the fast path
+            assert dig(running.port, "n1.kiln.lab", "+short", server="127.0.0.2").split() == ["10.9.0.11"]
+        assert dig(running.port, "upstream.example.test", "+short", server="127.0.0.2").split() == [
+            "192.0.2.7"
+        ]
+        assert "10.9.0.11" in dig(running.port, "n1.kiln.lab", "+short", "+tcp", server="127.0.0.2")

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from services.tftp import packet
 from services.tftp.server import TftpServer
-from tests.integration.tftp_fixtures import RawClient, RunningTftp, running_tftp
+from tests.integration.tftp_fixtures import RawClient, RunningTftp, running_tftp, start_server
 from tests.netns import Namespace
 
 pytestmark = pytest.mark.timeout(120)
@@ -211,6 +211,21 @@ def test_blksize_is_capped_to_the_arrival_interface_mtu(tftp: RunningTftp) -> No
         ns.delete()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_wildcard_bind_answers_from_the_address_that_was_asked(tftp: RunningTftp) -> None:
+    # a multi-homed appliance bound to 0.0.0.0: the transfer must come from the address the client
+    # sent its request to, not from whatever address routing picks (127.0.0.1 here)
+    server, stop, thread = start_server(tftp.root, "0.0.0.0")
+    client = RawClient(server.port, server="127.0.0.2")
+    try:
+        client.request(packet.build_rrq("undionly.kpxe"))
+        assert client.recv() == packet.Data(1, tftp.files["undionly.kpxe"][:512])
+        assert client.peer is not None and client.peer[0] == "127.0.0.2"
+    finally:
+        client.close()
+        stop.set()
+        thread.join(5)
 
 
 def test_netascii_mode_sends_crlf_line_ends(tftp: RunningTftp, client: RawClient) -> None:

@@ -36,10 +36,10 @@ class RunningTftp:
         assert not self.server.transfers, "transfers still open"
 
 
-def start_server(root: Path, **kwargs: float) -> tuple[TftpServer, threading.Event, threading.Thread]:
-    server = TftpServer(
-        root, "127.0.0.1", 0, generated={"gen/hello.ipxe": lambda: b"#!ipxe\necho hi\n"}, **kwargs
-    )  # type: ignore[arg-type]
+def start_server(
+    root: Path, bind: str = "127.0.0.1", **kwargs: float
+) -> tuple[TftpServer, threading.Event, threading.Thread]:
+    server = TftpServer(root, bind, 0, generated={"gen/hello.ipxe": lambda: b"#!ipxe\necho hi\n"}, **kwargs)  # type: ignore[arg-type]
     stop = threading.Event()
     thread = threading.Thread(target=server.run, args=(stop,), name="tftp-test", daemon=True)
     thread.start()
@@ -71,8 +71,8 @@ def running_tftp(tmp_path: Path) -> Iterator[RunningTftp]:
 class RawClient:
     """A TFTP client that does exactly what a test tells it to, one packet at a time."""
 
-    def __init__(self, port: int, sock: socket.socket | None = None) -> None:
-        self.server = ("127.0.0.1", port)
+    def __init__(self, port: int, sock: socket.socket | None = None, server: str = "127.0.0.1") -> None:
+        self.server = (server, port)
         self.sock = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(3)
