@@ -18,10 +18,8 @@ import ipaddress
 import logging
 import select
 import socket
-import struct
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from prometheus_client import Counter
@@ -31,6 +29,7 @@ from appliance.db import Database
 from services.dns import answer, packet
 from services.dns.forward import Forwarder, parse_upstream
 from services.dns.records import ZoneData, change_marker, load_zone
+from services.dns.tcp import TcpClient, TcpFront
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +42,7 @@ POLL_INTERVAL = 0.2  # change marker poll: changes are visible well within 1 s
 FULL_RELOAD = 30.0  # rebuild anyway, so expired leases leave the zone
 TICK = 0.1
 MAX_CACHE = 200_000  # entries; random-name floods must not grow memory without bound
-MAX_TCP = 256
-TCP_IDLE = 10.0
 BATCH = 512  # upstream datagrams per wake-up before looking at the other sockets
-
-
-class TcpClient:
-    __slots__ = ("inbuf", "last", "outbuf", "peer", "sock")
-
-    def __init__(self, sock: socket.socket, peer: Any, now: float) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.last = now
 
 
 class DnsServer:
@@ -79,12 +65,11 @@ class DnsServer:
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.epoll = select.epoll()
-        self.tcp_clients: dict[int, TcpClient] = {}
+        self.tcp_front = TcpFront(self.tcp, self.epoll, self._answer_tcp, self.wake_w)
         self.cache: dict[bytes, bytes] = {}
         self.keys_by_name: dict[str, list[bytes]] = {}
         self.soa_keys: list[bytes] = []
         self.recursion: dict[str, bool] = {}
-        self.inbox: deque[tuple[TcpClient, bytes | None, bytes]] = deque()
         # written only by the UDP thread, read by the loop thread: no lost updates without a lock
         self.fast_hits = 0
         self.fast_reported = 0
@@ -200,7 +185,7 @@ class DnsServer:
             QUERIES.labels("refused").inc()
             return packet.header_reply(data, query, packet.RCODE_REFUSED)
         if tcp is not None:
-            sent = self.forwarder.forward_tcp(data, lambda reply: self._post(tcp, reply, data))
+            sent = self.forwarder.forward_tcp(data, lambda reply: self.tcp_front.post(tcp, reply, data))
         else:
             sent = self.forwarder.forward_udp(data, query.question_end, client, time.monotonic())
         if sent:
@@ -283,6 +268,14 @@ class DnsServer:
             hits = 0
             self._udp_slow(data, peer, (peer, ancdata))
 
+    def _answer_tcp(self, data: bytes, peer: Any, client: TcpClient) -> bytes | None:
+        try:
+            return self._answer(data, peer, client)
+        except Exception:  # a bug must cost one answer, never the responder
+            ERRORS.inc()
+            log.exception("dns: TCP query from %s failed", peer)
+            return None
+
     def _send_udp(self, reply: bytes, client: Any) -> None:
         """Answer a UDP client: `client` is the peer, or (peer, ancillary data) on a wildcard bind."""
         if self.wildcard:
@@ -318,92 +311,6 @@ class DnsServer:
                 with contextlib.suppress(OSError):
                     self._send_udp(reply, client)
 
-    # -- TCP ----------------------------------------------------------------------------------------
-
-    def _post(self, client: TcpClient, reply: bytes | None, query: bytes) -> None:
-        """From a forwarding thread: hand a TCP answer to the loop."""
-        self.inbox.append((client, reply, query))
-        self.wake_w.send(b"t")
-
-    def _on_accept(self, now: float) -> None:
-        while True:
-            try:
-                sock, peer = self.tcp.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if len(self.tcp_clients) >= MAX_TCP:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            self.tcp_clients[sock.fileno()] = TcpClient(sock, peer, now)
-            self.epoll.register(sock.fileno(), select.EPOLLIN)
-
-    def _close_tcp(self, client: TcpClient) -> None:
-        if self.tcp_clients.pop(client.sock.fileno(), None) is not None:
-            self.epoll.unregister(client.sock.fileno())
-            client.sock.close()
-
-    def _send_tcp(self, client: TcpClient, reply: bytes | None = None) -> None:
-        if reply is not None:
-            client.outbuf += struct.pack("!H", len(reply)) + reply
-        try:
-            sent = client.sock.send(client.outbuf)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._close_tcp(client)
-            return
-        del client.outbuf[:sent]
-        mask = select.EPOLLIN | (select.EPOLLOUT if client.outbuf else 0)
-        self.epoll.modify(client.sock.fileno(), mask)
-
-    def _on_tcp(self, client: TcpClient, mask: int, now: float) -> None:
-        client.last = now
-        if mask & select.EPOLLOUT:
-            self._send_tcp(client)
-            if client.sock.fileno() not in self.tcp_clients:
-                return
-        if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-            return
-        try:
-            chunk = client.sock.recv(65537)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._close_tcp(client)
-            return
-        client.inbuf += chunk
-        while len(client.inbuf) >= 2:
-            size = (client.inbuf[0] << 8) | client.inbuf[1]
-            if len(client.inbuf) < 2 + size:
-                break
-            data = bytes(client.inbuf[2 : 2 + size])
-            del client.inbuf[: 2 + size]
-            try:
-                reply = self._answer(data, client.peer, client)
-            except Exception:
-                ERRORS.inc()
-                log.exception("dns: TCP query from %s failed", client.peer)
-                reply = None
-            if reply is not None:
-                self._send_tcp(client, reply)
-                if client.sock.fileno() not in self.tcp_clients:
-                    return
-
-    def _drain_inbox(self) -> None:
-        while self.inbox:
-            client, reply, query = self.inbox.popleft()
-            if client.sock.fileno() not in self.tcp_clients:
-                continue
-            if reply is None:
-                # the query parsed once already; keep its question so the client can match the answer
-                reply = packet.header_reply(query, packet.parse_query(query), packet.RCODE_SERVFAIL)
-            self._send_tcp(client, reply)
-
     # -- the loop -----------------------------------------------------------------------------------
 
     def _on_timers(self, now: float) -> None:
@@ -412,8 +319,7 @@ class DnsServer:
             with contextlib.suppress(OSError):
                 reply = packet.header_reply(original, packet.parse_query(original), packet.RCODE_SERVFAIL)
                 self._send_udp(reply, entry.client)
-        for client in [c for c in self.tcp_clients.values() if now - c.last > TCP_IDLE]:
-            self._close_tcp(client)
+        self.tcp_front.expire(now)
         total = self.fast_hits
         if total > self.fast_reported:
             QUERIES.labels("fast").inc(total - self.fast_reported)
@@ -433,18 +339,18 @@ class DnsServer:
             "dns serving %s on port %d (upstreams: %s)", self.domain, self.port, self.forwarder.upstreams
         )
         next_tick = time.monotonic() + TICK
-        poll, tcp_clients = self.epoll.poll, self.tcp_clients
+        poll, tcp_clients = self.epoll.poll, self.tcp_front.clients
         try:
             while not stop.is_set():
                 for fd, mask in poll(TICK):
                     if fd in tcp_clients:
-                        self._on_tcp(tcp_clients[fd], mask, time.monotonic())
+                        self.tcp_front.on_event(tcp_clients[fd], mask, time.monotonic())
                     elif fd == wake_fd:
                         with contextlib.suppress(BlockingIOError):
                             self.wake_r.recv(4096)
-                        self._drain_inbox()
+                        self.tcp_front.drain()
                     elif fd == tcp_fd:
-                        self._on_accept(time.monotonic())
+                        self.tcp_front.accept(time.monotonic())
                     elif fd in upstream:
                         self._on_upstream(upstream[fd])
                 now = time.monotonic()
@@ -459,8 +365,7 @@ class DnsServer:
             self.close()
 
     def close(self) -> None:
-        for client in list(self.tcp_clients.values()):
-            self._close_tcp(client)
+        self.tcp_front.close()
         self.forwarder.close()
         self.epoll.close()
         for sock in (self.udp, self.tcp, self.wake_r, self.wake_w):
