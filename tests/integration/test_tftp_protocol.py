@@ -101,6 +101,30 @@ def test_windowsize_4_transfer_delivers_the_file(tftp: RunningTftp, client: RawC
     tftp.wait_idle()
 
 
+def test_windowed_transfer_rolls_block_numbers_over_past_65535(tftp: RunningTftp, client: RawClient) -> None:
+    content = bytes(range(256)) * 2100  # 537,600 bytes at blksize 8 = 67,201 blocks
+    (tftp.root / "roll.bin").write_bytes(content)
+    client.request(packet.build_rrq("roll.bin", options={"blksize": "8", "windowsize": "16"}))
+    assert client.recv() == packet.OptionAck({"blksize": "8", "windowsize": "16"})
+    client.ack(0)
+    received = bytearray()
+    count = 0
+    while True:
+        data = client.recv()
+        assert isinstance(data, packet.Data)
+        count += 1
+        assert data.block == count & 0xFFFF
+        received += data.payload
+        if len(data.payload) < 8:
+            client.ack(data.block)
+            break
+        if count % 16 == 0:
+            client.ack(data.block)
+    assert count == 67_201
+    assert bytes(received) == content
+    tftp.wait_idle()
+
+
 def test_lost_ack_makes_the_server_resend_the_whole_window(tftp: RunningTftp, client: RawClient) -> None:
     expected = _blocks(tftp.files["big.bin"], 512)
     client.request(packet.build_rrq("big.bin", options={"windowsize": "4"}))
