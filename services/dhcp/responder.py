@@ -34,6 +34,7 @@ from services.dhcp.packet import (
 log = logging.getLogger(__name__)
 
 BROADCAST = "255.255.255.255"
+_TYPE_VALUE = {kind: bytes((kind,)) for kind in range(1, 19)}
 SERVER_PORT = 67
 CLIENT_PORT = 68
 
@@ -118,23 +119,24 @@ class Responder:
         if not network.contains(address):
             return self._nak(packet, iface, "address not on this network")
         ends = now + self.config.lease_seconds
-        binding = self.backend.claim(network, packet.mac, address, now, ends)
+        mac = packet.mac
+        binding = self.backend.claim(network, mac, address, now, ends)
         if binding is None:
             return self._nak(packet, iface, "address not available")
         reply = self._reply(packet, iface, network, ACK, binding.address, binding.hostname)
         reply.lease = LeaseRecord(
-            network_id=network.id,
-            mac=packet.mac,
-            address=binding.address,
-            state="active",
-            starts=now,
-            ends=ends,
-            client_id=packet.client_id,
-            hostname=binding.hostname or packet.hostname,
-            relay=self._ip_text(packet.giaddr) if packet.giaddr else None,
-            client_arch=packet.client_arch,
-            vendor_class=packet.vendor_class or None,
-            ipxe=packet.is_ipxe,
+            network.id,
+            mac,
+            binding.address,
+            "active",
+            now,
+            ends,
+            packet.client_id,
+            binding.hostname or packet.hostname,
+            self._ip_text(packet.giaddr) if packet.giaddr else None,
+            packet.client_arch,
+            packet.vendor_class or None,
+            packet.is_ipxe,
         )
         return reply
 
@@ -231,7 +233,7 @@ class Responder:
         *,
         lease: bool = True,
     ) -> Outgoing:
-        opts: dict[int, bytes] = {53: bytes((kind,))}
+        opts: dict[int, bytes] = {53: _TYPE_VALUE[kind]}
         static, wire = self._static_options(network, iface.address)
         if not lease:
             # INFORM: configuration only, never a lease time (RFC 2131 §3.4)
@@ -239,17 +241,12 @@ class Responder:
             wire = b""
         if hostname:
             opts[options.HOSTNAME] = options.text(hostname)
+        # positional (op, xid, chaddr, htype, hops, secs, flags, ciaddr, yiaddr, siaddr, giaddr, sname,
+        # file, options): this runs for every OFFER and ACK
         reply = Packet(
-            op=BOOTREPLY,
-            xid=packet.xid,
-            chaddr=packet.chaddr,
-            htype=packet.htype,
-            flags=packet.flags,
-            ciaddr=packet.ciaddr,
-            yiaddr=address,
-            giaddr=packet.giaddr,
-            options=opts,
-        )
+            BOOTREPLY, packet.xid, packet.chaddr, packet.htype, 0, 0, packet.flags, packet.ciaddr, address, 0,
+            packet.giaddr, b"", b"", opts,
+        )  # fmt: skip
         self._boot(packet, reply, iface)
         if OPT_RELAY_AGENT in packet.options:
             opts[OPT_RELAY_AGENT] = packet.options[OPT_RELAY_AGENT]
