@@ -14,6 +14,7 @@ from appliance.cli import (  # noqa: F401  (registers commands)
     serve,
     status,
     users,
+    webhooks,
 )
 from appliance.cli.base import main
 

@@ -38,6 +38,7 @@ MODULES = [
     "web.api.events_stream",
     "web.api.bmc",
     "web.api.anneal",
+    "web.api.webhooks",
 ]
 
 
