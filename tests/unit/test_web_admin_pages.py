@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from appliance.config import Settings
-from appliance.db import Database
+from appliance.db import Database, create_database
 from appliance.models import Deployment, Event, Node, NodeRole, User
 from tests.webadmin_world import World, add_run, csrf_of, login, make_users, make_world
 from web.app import create_app
@@ -40,8 +40,26 @@ def _site(settings: Settings, db: Database, tmp_path: Path) -> Site:
     return Site(db, world, settings)
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One rack for the whole module (building it costs argon2 hashes and migrations): tests here may
+    change it only in ways the others do not look at."""
+    root = tmp_path_factory.mktemp("admin-pages")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KILN_CONFIG", str(root / "absent.toml"))
+        settings = Settings(
+            state_dir=root / "state",
+            database_url=f"sqlite:///{root / 'kiln.db'}",
+            secret_key="test-secret-key-not-for-production",
+            tftp_root=root / "tftp",
+        )
+    database = create_database(settings.effective_database_url)
+    yield _site(settings, database, root)
+    database.dispose()
+
+
 @pytest.fixture
-def site(settings: Settings, sqlite_db: Database, tmp_path: Path) -> Iterator[Site]:
+def fresh_site(settings: Settings, sqlite_db: Database, tmp_path: Path) -> Iterator[Site]:
     yield _site(settings, sqlite_db, tmp_path)
 
 
@@ -70,14 +88,14 @@ def _pages(world: World) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("role", ["admin", "operator", "readonly"])
-def test_every_page_renders_for_every_role(any_site: Site, role: str) -> None:
-    client, _ = any_site.client(role)
-    for url in _pages(any_site.world):
-        answer = client.get(url)
-        assert answer.status_code == 200, (url, answer.text[:500])
-        assert "Traceback" not in answer.text
-        assert "<h1" in answer.text
+def test_every_page_renders_for_every_role(any_site: Site) -> None:
+    for role in ("admin", "operator", "readonly"):
+        client, _ = any_site.client(role)
+        for url in _pages(any_site.world):
+            answer = client.get(url)
+            assert answer.status_code == 200, (role, url, answer.text[:500])
+            assert "Traceback" not in answer.text
+            assert "<h1" in answer.text
 
 
 def test_pages_show_the_world(site: Site) -> None:
@@ -285,7 +303,8 @@ def test_bulk_action_asks_for_confirmation_then_binds_nodes(site: Site) -> None:
         assert s.scalar(select(NodeRole.id).where(NodeRole.node_id == third)) is not None
 
 
-def test_commit_and_propose_from_the_deployment_page(site: Site) -> None:
+def test_commit_and_propose_from_the_deployment_page(fresh_site: Site) -> None:
+    site = fresh_site
     client, token = site.client("operator")
     dep = site.world.deployment_id
     client.post(f"/admin/deployments/{dep}/commit", data={"csrf_token": token})
