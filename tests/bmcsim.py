@@ -101,6 +101,10 @@ class SimBMC:
     # the loopback address it listens on (ipmi_sim 1.0.13 takes only one): another 127.0.0.x lets a
     # test's bmc network hand out the address this BMC answers on
     listen: str = "127.0.0.1"
+    # a QEMU machine as the chassis instead of the power/boot files: ipmi_sim runs `vm_startcmd` on
+    # power-on (and kills it on power-off); the VM's ipmi-bmc-extern connects to vm_serial_port
+    vm_startcmd: str | None = None
+    vm_serial_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -148,8 +152,14 @@ class SimBMC:
             f"    allowed_auths_admin {auths}\n"
             f"    guid {secrets.token_hex(16)}\n"
             "  endlan\n"
-            f'  chassis_control "{script}"\n'
-            f'  user 2 true "{self.username}" "{self.password}" admin 10 {auths}\n'
+            + (
+                f"  serial 15 127.0.0.1 {self.vm_serial_port} codec VM\n"
+                f'  startcmd "{self.vm_startcmd}"\n'
+                "  startnow false\n  poweroff_wait 5\n  kill_wait 3\n"
+                if self.vm_startcmd
+                else f'  chassis_control "{script}"\n'
+            )
+            + f'  user 2 true "{self.username}" "{self.password}" admin 10 {auths}\n'
             f"{extra_lan_conf}\n"
         )
         fru = fru_blob("Kiln Lab", "SimNode", f"SN-{self.name}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from appliance import agent_tasks
@@ -80,12 +80,35 @@ def _wait_for_task(db: Database, task_id: int, timeout: float) -> AgentTask:
         time.sleep(1.0)  # polling the database for the agent's report, with a deadline
 
 
-def _forget_task_password(db: Database, task_id: int) -> None:
+def _inband_script(plan: BmcPlan, username: str, password: str, channel: int = 1, uid: int = 2) -> str:
+    """ipmitool on the node's /dev/ipmi0: static address, then the Kiln user in slot `uid` (the first
+    non-anonymous slot, usually the factory admin, which Kiln takes over). A script task rather than
+    the agent's `bmc` task kind: that one runs `set -e` in the agent's own shell, and in the e2e test
+    the agent exited right after receiving it, leaving the task unanswered."""
+    gateway = f"ipmitool lan set {channel} defgw ipaddr {plan.gateway}\n" if plan.gateway else ""
+    return (
+        "set -e\n"
+        f"ipmitool lan set {channel} ipsrc static\n"
+        f"ipmitool lan set {channel} ipaddr {plan.address}\n"
+        f"ipmitool lan set {channel} netmask {plan.netmask}\n"
+        f"{gateway}"
+        f"ipmitool user set name {uid} {username}\n"
+        f"ipmitool user set password {uid} '{password}'\n"
+        f"ipmitool channel setaccess {channel} {uid} link=on ipmi=on callin=on privilege=4\n"
+        f"ipmitool user enable {uid}\n"
+        f"ipmitool lan set {channel} access on\n"
+        f"ipmitool lan print {channel}\n"
+    )
+
+
+def _forget_task_password(db: Database, task_id: int, password: str) -> None:
     # the agent needed the password in clear; once it has reported, the row must not keep it
     with db.session() as session:
         task = session.get(AgentTask, task_id)
-        if task is not None and "password" in (task.payload or {}):
-            task.payload = {**task.payload, "password": "***"}
+        if task is not None:
+            payload = dict(task.payload or {})
+            payload["script"] = str(payload.get("script", "")).replace(password, "***")
+            task.payload = payload
 
 
 def configure(
@@ -116,7 +139,9 @@ def configure(
             finally:
                 cache.close()
         elif ((node.inventory or {}).get("bmc") or {}).get("present"):
-            target = _configure_inband(db, ctx, plan, username, inband_timeout)
+            target = configure_inband(
+                db, ctx.node_id, plan, username, timeout=inband_timeout, node_role_id=ctx.id
+            )
         else:
             raise JigError(
                 f"node {node.name}: no BMC reachable out of band and discovery found none in band; "
@@ -134,31 +159,34 @@ def configure(
     return {"bmc_address": plan.address}
 
 
-def _configure_inband(
-    db: Database, ctx: NodeRoleContext, plan: BmcPlan, username: str, timeout: float
+def configure_inband(
+    db: Database,
+    node_id: int,
+    plan: BmcPlan,
+    username: str = KILN_USER,
+    *,
+    timeout: float = INBAND_TIMEOUT,
+    node_role_id: int | None = None,
 ) -> BMCTarget:
+    """Have the node's discovery agent set the BMC's address and the Kiln user through /dev/ipmi0
+    (for a BMC Kiln cannot reach yet), then prove it with an out-of-band login. Returns the target."""
+    actor = f"noderole:{node_role_id}" if node_role_id else "system"
     password = new_password()
     with db.session() as session:
         task = agent_tasks.queue(
             session,
-            ctx.node_id,
-            "bmc",
-            {
-                "address": plan.address,
-                "netmask": plan.netmask,
-                "gateway": plan.gateway,
-                "username": username,
-                "password": password,
-                "channel": 1,
-            },
-            node_role_id=ctx.id,
-            actor=f"noderole:{ctx.id}",
+            node_id,
+            "script",
+            {"script": _inband_script(plan, username, password)},
+            node_role_id=node_role_id,
+            timeout_s=int(timeout),
+            actor=actor,
         )
         task_id = task.id
     try:
         done = _wait_for_task(db, task_id, timeout)
     finally:
-        _forget_task_password(db, task_id)
+        _forget_task_password(db, task_id, password)
     if done.state != "ok":
         raise JigError(f"in-band BMC configuration failed (exit {done.exit_code})", log=done.output)
     target = BMCTarget.parse(plan.address, username, password, driver="ipmi")
@@ -168,9 +196,6 @@ def _configure_inband(
     finally:
         check.close()
     return target
-
-
-Operation = Callable[[NodeRoleContext, Mapping[str, Any]], dict[str, Any]]
 
 
 def register_bmc_operations(db: Database, settings: Settings) -> None:
