@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from appliance import events, nodes
 from appliance.annealer import deployments
 from appliance.errors import Unauthorized
+from appliance.groupcommit import Batch
 from appliance.inventory import Inventory
-from appliance.models import BootToken, Node, NodeMac, utcnow
+from appliance.models import BootToken, Node, NodeMac, Role, utcnow
 
 DISCOVERY_TOKEN_TTL = dt.timedelta(minutes=30)
 AGENT_TOKEN_TTL = dt.timedelta(days=7)
@@ -115,9 +116,17 @@ class Registration:
 
 
 def register(
-    session: Session, inventory: Inventory, token: str, *, address: str | None = None
+    session: Session,
+    inventory: Inventory,
+    token: str,
+    *,
+    address: str | None = None,
+    batch: Batch | None = None,
 ) -> Registration:
-    """Create or update the node an inventory describes, matched by DMI UUID or any MAC (never twice)."""
+    """Create or update the node an inventory describes, matched by DMI UUID or any MAC (never twice).
+
+    In a group commit (`batch`), binding the discovery roles is deferred to one set-based call for every
+    node of the batch."""
     boot = consume_discovery_token(session, token)
     macs = inventory.macs()
     if boot.mac and boot.mac not in macs:
@@ -157,7 +166,6 @@ def register(
     if node.deployment_id is None:
         node.deployment_id = system.id
     deployments.set_discovery(session, node.id, _discovery_data(inventory, address), actor="discovery")
-    deployments.join_system(session, node.id, actor="discovery")
     clear = issue_token(session, "agent", node_id=node.id, ttl=AGENT_TOKEN_TTL)
     events.record(
         session,
@@ -168,7 +176,18 @@ def register(
         message=f"node {node.name} {'discovered' if created else 'rediscovered'} from {boot_mac}",
         data={"macs": macs, "system_uuid": system_uuid, "address": address},
     )
+    if batch is None:
+        deployments.join_system(session, node.id, actor="discovery")
+    else:
+        batch.defer("join_system", join_system_many, node.id)
     return Registration(node=node, agent_token=clear, created=created)
+
+
+def join_system_many(session: Session, node_ids: list[int]) -> None:
+    """Every node joins `system` with the roles flagged `discovery`, in one set-based binding."""
+    names = list(session.scalars(select(Role.name).where(Role.discovery.is_(True))))
+    system = deployments.system_deployment(session)
+    deployments.add_nodes(session, system, sorted(set(node_ids)), names, actor="discovery")
 
 
 def _uuid_free(session: Session, system_uuid: str | None, node_id: int | None) -> bool:

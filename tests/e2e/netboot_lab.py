@@ -71,6 +71,7 @@ class NetbootLab:
     workdir: Path
     db: Database
     kiln: subprocess.Popen[bytes]
+    services: str = "web,dhcp,tftp,ra"
     vms: list[VM] = field(default_factory=list)
     taps: list[str] = field(default_factory=list)
 
@@ -79,7 +80,17 @@ class NetbootLab:
         return self.workdir / "kiln-serve.log"
 
     @classmethod
-    def create(cls, workdir: Path, image_dir: Path, *, uefi_loader: str = "snponly.efi") -> NetbootLab:
+    def create(
+        cls,
+        workdir: Path,
+        image_dir: Path,
+        *,
+        uefi_loader: str = "snponly.efi",
+        cidr: str = CIDR,
+        pool: tuple[str, str] = POOL,
+        services: str = "web,dhcp,tftp,ra",
+        extra_env: dict[str, str] | None = None,
+    ) -> NetbootLab:
         workdir.mkdir(parents=True, exist_ok=True)
         state = workdir / "state"
         (state / "discovery").mkdir(parents=True, exist_ok=True)
@@ -87,15 +98,16 @@ class NetbootLab:
         db_url = f"sqlite:///{workdir / 'kiln.db'}"
         db = create_database(db_url)
         with db.session() as s:
-            net = Network(name="admin", cidr=CIDR, interface="br0", gateway=None, dns_servers=[])
+            net = Network(name="admin", cidr=cidr, interface="br0", gateway=None, dns_servers=[])
             ipam.validate_network(net)
             s.add(net)
             s.flush()
-            ipam.make_range(s, net, "dynamic", "dynamic", *POOL)
+            ipam.make_range(s, net, "dynamic", "dynamic", *pool)
         ns = Namespace.create("kne2e")
         try:
             ns.run(["ip", "link", "add", "br0", "type", "bridge", "forward_delay", "0", "stp_state", "0"])
-            ns.run(["ip", "addr", "add", f"{SERVER}/24", "dev", "br0"])
+            prefix = cidr.split("/")[1]
+            ns.run(["ip", "addr", "add", f"{SERVER}/{prefix}", "dev", "br0"])
             ns.run(["ip", "link", "set", "br0", "up"])
             env = dict(os.environ)
             env.update(
@@ -113,9 +125,10 @@ class NetbootLab:
                     "KILN_LOG_LEVEL": "INFO",
                 }
             )
+            env.update(extra_env or {})
             log = (workdir / "kiln-serve.log").open("ab")
             proc = ns.popen(
-                [KILN, "serve", "--only", "web,dhcp,tftp,ra"],
+                [KILN, "serve", "--only", services],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -125,7 +138,7 @@ class NetbootLab:
         except BaseException:
             ns.delete()
             raise
-        lab = cls(ns=ns, workdir=workdir, db=db, kiln=proc)
+        lab = cls(ns=ns, workdir=workdir, db=db, kiln=proc, services=services)
         try:
             lab._wait_ready()
         except BaseException:
@@ -142,7 +155,7 @@ class NetbootLab:
             web = self.ns.run(
                 ["curl", "-sf", "-o", "/dev/null", f"http://{SERVER}:{WEB_PORT}/healthz"], check=False
             )
-            if "dhcp: ready" in text and web.returncode == 0:
+            if ("dhcp: ready" in text or "dhcp" not in self.services) and web.returncode == 0:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"kiln serve not ready after {timeout}s:\n{self.log_path.read_text()}")

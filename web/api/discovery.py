@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 
 from appliance import agent_tasks, discovery
 from appliance.errors import InvalidInput, Unauthorized
+from appliance.groupcommit import Batch
 from appliance.inventory import MAX_BODY_BYTES, Inventory, parse_inventory
 from appliance.models import AgentTask, Node
 from web.api.access import actor
 from web.api.endpoint import endpoint, read_session, write_session
+from web.boot.groupwrite import group_commit
 
 bp = Blueprint("discovery", __name__)
 
@@ -105,11 +107,16 @@ def _bounded_body() -> None:
 def discovery_post(body: DiscoveryIn) -> DiscoveryOut:
     """Creates the node, or updates the one whose DMI UUID or any MAC matches; the token is spent."""
     inventory = parse_inventory(body.model_dump(by_alias=True, exclude={"token"}))
-    with write_session() as s:
-        done = discovery.register(s, inventory, body.token, address=request.remote_addr)
+    address = request.remote_addr
+
+    def register(s: Session, batch: Batch) -> DiscoveryOut:
+        done = discovery.register(s, inventory, body.token, address=address, batch=batch)
         return DiscoveryOut(
             node_id=done.node.id, name=done.node.name, token=done.agent_token, created=done.created
         )
+
+    # many machines report at once in a boot storm: their registrations share transactions
+    return group_commit().submit(register)
 
 
 def _agent_node(s: Session) -> Node:

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, request, send_from_directory
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from appliance import bootloop, discovery, nodes
 from appliance.errors import InvalidInput, KilnError
+from appliance.groupcommit import Batch
 from appliance.models import Bootenv
 from appliance.pxe import PxeLibrary
+from web.boot.groupwrite import group_commit
 from web.context import kiln
 
 log = logging.getLogger(__name__)
@@ -66,29 +69,33 @@ def ipxe_script() -> Response:
         # no MAC (or a firmware that did not expand ${net0/mac}): ask iPXE to call again with it
         return _script(library.render("chain.ipxe.j2", base_url=_base_url()))
     base_url = _base_url()
+
+    def render(s: Session, _batch: Batch) -> str:
+        node = nodes.node_by_mac(s, mac)
+        name = node.bootenv if node is not None else "discovery"
+        spec = library.spec(name, s.scalar(select(Bootenv).where(Bootenv.name == name)))
+        bootloop.record_fetch(s, mac, f"ipxe:{spec.name}")
+        context = {
+            "mac": mac,
+            "base_url": base_url,
+            "files_url": f"{base_url}/boot/files/{spec.name}",
+            "node_name": node.name if node is not None else "",
+            "node_id": node.id if node is not None else None,
+            "kernel": spec.kernel,
+            "initrd": spec.initrd,
+            "kernel_args": spec.kernel_args,
+            "data": spec.data,
+            "token": "",
+        }
+        if spec.kind == "discovery":
+            context["token"] = discovery.issue_token(
+                s, "discovery", mac=mac, node_id=node.id if node is not None else None
+            )
+        return library.render(spec.template, **context)
+
     try:
-        with kiln().db.session() as s:
-            node = nodes.node_by_mac(s, mac)
-            name = node.bootenv if node is not None else "discovery"
-            spec = library.spec(name, s.scalar(select(Bootenv).where(Bootenv.name == name)))
-            bootloop.record_fetch(s, mac, f"ipxe:{spec.name}")
-            context = {
-                "mac": mac,
-                "base_url": base_url,
-                "files_url": f"{base_url}/boot/files/{spec.name}",
-                "node_name": node.name if node is not None else "",
-                "node_id": node.id if node is not None else None,
-                "kernel": spec.kernel,
-                "initrd": spec.initrd,
-                "kernel_args": spec.kernel_args,
-                "data": spec.data,
-                "token": "",
-            }
-            if spec.kind == "discovery":
-                context["token"] = discovery.issue_token(
-                    s, "discovery", mac=mac, node_id=node.id if node is not None else None
-                )
-            return _script(library.render(spec.template, **context))
+        # a boot storm fetches hundreds of scripts at once: their writes (token, fetch) share commits
+        return _script(group_commit().submit(render))
     except KilnError as exc:
         return _error_script(mac, exc.message)
 
