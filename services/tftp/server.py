@@ -233,7 +233,14 @@ class TftpServer:
 
     def _refuse(self, local: str, peer: tuple[str, int], code: int, message: str, result: str) -> None:
         REQUESTS.labels(result).inc()
-        log.info("tftp %s refused (%s): %s", peer[0], result, message)
+        # a missing file is routine (iPXE probes for autoexec.ipxe); refusals are worth seeing
+        log.log(
+            logging.DEBUG if result == "not_found" else logging.INFO,
+            "tftp %s %s: %s",
+            peer[0],
+            result,
+            message,
+        )
         try:
             sock = self._reply_socket(local, peer)
         except OSError as exc:
