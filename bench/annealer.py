@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import sys
 import tempfile
@@ -62,11 +63,14 @@ def build(url: str, nodes: int, root: Path) -> None:
 def annealer_process(url: str, stop: mp.synchronize.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
     db = Database(url)
     annealer = Annealer(db, batch=1000, workers=4)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     while not stop.is_set():
         if not annealer.step(idle=True):
             time.sleep(0.005)
     annealer.close()
-    out.put((annealer.completed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((annealer.completed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu0))
 
 
 def run(url: str, processes: int, expected: int) -> dict[str, float]:
@@ -103,11 +107,12 @@ def run(url: str, processes: int, expected: int) -> dict[str, float]:
         "never": never or 0,
         "runs": runs or 0,
         "rss_mb": max(r[1] for r in results) / 1024,
+        "cpu_rate": expected / sum(r[2] for r in results),
         "per_process": [r[0] for r in results],  # type: ignore[dict-item]
     }
 
 
-def plain_sqlite_peer(root: Path, nodes: int) -> float:
+def plain_sqlite_peer(root: Path, nodes: int) -> tuple[float, float]:
     """The issue's yardstick: plain sqlite3, claim <= 1000 with one UPDATE ... RETURNING, results, events
     and unblocking batched; no ORM, no jigs, no run records. Same graph; returns node-roles/s."""
     import json
@@ -139,7 +144,7 @@ def plain_sqlite_peer(root: Path, nodes: int) -> float:
         ],
     )
     con.execute("COMMIT")
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     con.execute("BEGIN IMMEDIATE")
     con.execute(
         "UPDATE nr SET state = CASE WHEN id IN (SELECT child FROM edge) THEN 'blocked' ELSE 'todo' END"
@@ -173,15 +178,16 @@ def plain_sqlite_peer(root: Path, nodes: int) -> float:
         con.execute("COMMIT")
         done += len(batch)
     rate = done / (time.perf_counter() - start)
+    cpu_rate = done / (time.process_time() - cpu0)
     con.close()
-    return rate
+    return rate, cpu_rate
 
 
 def report(label: str, r: dict[str, float]) -> None:
     print(
         f"{label:<24} {r['rate']:>9,.0f} node-roles/s  ({r['elapsed']:.2f} s)  run twice: {r['twice']}  "
         f"never: {r['never']}  runs recorded: {r['runs']:,}  peak RSS/annealer: {r['rss_mb']:.0f} MiB  "
-        f"per process: {r['per_process']}",
+        f"per process: {r['per_process']}  per annealer CPU-second: {r['cpu_rate']:,.0f}",
         flush=True,
     )
 
@@ -194,6 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     expected = args.nodes * len(ROLES)
     print(f"{args.nodes:,} nodes x {len(ROLES)} noop roles = {expected:,} node-roles, commit -> all active")
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "sqlite").mkdir()
@@ -203,10 +210,11 @@ def main() -> None:
         print(f"build (bind {expected:,} node-roles + edges): {time.perf_counter() - t0:.1f} s")
         sqlite = run(url, 1, expected)
         report("SQLite, 1 annealer", sqlite)
-        peer = plain_sqlite_peer(root, args.nodes)
+        peer, peer_cpu = plain_sqlite_peer(root, args.nodes)
         print(
             f"{'peer: plain sqlite3 loop':<24} {peer:>9,.0f} node-roles/s  (same graph and batching, no ORM, no "
-            f"run records)  Kiln/peer = {sqlite['rate'] / peer:.2f}",
+            f"run records)  per CPU-second: {peer_cpu:,.0f}  Kiln/peer = {sqlite['rate'] / peer:.2f} "
+            f"(per CPU-second {sqlite['cpu_rate'] / peer_cpu:.2f})",
             flush=True,
         )
         if args.skip_postgres:
@@ -222,6 +230,7 @@ def main() -> None:
                 report(f"PostgreSQL, {n} annealer{'s' if n > 1 else ''}", run(url, n, expected))
         finally:
             server.stop()
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("goal on SQLite: >= 10,000 node-roles/s; 0 run twice")
 
 

@@ -190,10 +190,9 @@ def add_nodes(
     new_ids: list[int] = []
     if rows:
         new_ids = list(session.scalars(insert(nr_t).returning(nr_t.c.id), rows))
-        if len(rows) >= 1000 and session.get_bind().dialect.name == "postgresql":
-            # Fresh rows have no statistics yet: without them PostgreSQL joins node-roles to their parents
-            # with a nested loop (measured: minutes for 10,000 nodes); with them, a hash join (a second).
-            session.execute(text("ANALYZE node_roles"))
+        # fresh rows have no statistics: without them PostgreSQL joined node-roles to their parents with
+        # a nested loop (measured: minutes for 10,000 nodes); with them, a hash join (a second)
+        _refresh_statistics(session, len(rows))
     if not deployment.system:
         session.execute(update(Node).where(Node.id.in_(node_ids)).values(deployment_id=deployment.id))
     record(
@@ -282,7 +281,7 @@ def resolve_parents(
 
 def _commit_node_roles(session: Session, deployment_id: int, *, actor: str) -> None:
     mine = nr_t.c.deployment_id == deployment_id
-    states.transition(
+    moved = states.transition(
         session,
         states.PROPOSED,
         states.TODO,
@@ -290,7 +289,17 @@ def _commit_node_roles(session: Session, deployment_id: int, *, actor: str) -> N
         actor=actor,
         reason="commit",
     )
-    states.transition(session, states.PROPOSED, states.BLOCKED, where=mine, actor=actor, reason="commit")
+    moved += states.transition(
+        session, states.PROPOSED, states.BLOCKED, where=mine, actor=actor, reason="commit"
+    )
+    _refresh_statistics(session, len(moved))
+
+
+def _refresh_statistics(session: Session, changed: int) -> None:
+    """After a bulk change PostgreSQL plans with stale statistics until autovacuum catches up (a minute):
+    refresh them so the annealer's first claims after a big commit do not pick nested loops."""
+    if changed >= 1000 and session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE node_roles"))
 
 
 def commit(session: Session, deployment: Deployment, *, actor: str = "system") -> None:

@@ -15,6 +15,7 @@ import time
 from sqlalchemy import delete, select
 
 from appliance.annealer.runner import Annealer
+from appliance.bmc.roles import register_bmc_operations
 from appliance.config import Settings
 from appliance.db import Database
 from appliance.models import AnnealerHeartbeat, utcnow
@@ -56,6 +57,7 @@ def make_annealer(settings: Settings, db: Database, *, workers: int | None = Non
 
 def serve(settings: Settings, db: Database, stop: threading.Event, *, workers: int | None = None) -> None:
     annealer = make_annealer(settings, db, workers=workers)
+    register_bmc_operations(db, settings)  # the bmc jig's discover/configure need this process's db
     log.info("annealer %s started: %d workers, batch %d", annealer.name, annealer.workers, annealer.batch)
     last_beat = 0.0
     idle = IDLE_MIN

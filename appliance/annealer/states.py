@@ -12,10 +12,10 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, bindparam, exists, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, exists, update
 from sqlalchemy.orm import Session
 
-from appliance.annealer.bulk import insert_rows
+from appliance.annealer.bulk import dialect_of, ids_value, in_ids, insert_rows
 from appliance.errors import IllegalTransition, NotFound
 from appliance.models import Event, NodeRole, NodeRoleEdge
 
@@ -72,6 +72,7 @@ def transition(
     ids: Sequence[int] | None = None,
     where: ColumnElement[bool] | None = None,
     values: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     actor: str = "annealer",
     reason: str = "",
 ) -> list[int]:
@@ -82,7 +83,15 @@ def transition(
     UPDATE (wall, claimed_by, run_count...).
     """
     rows = transition_rows(
-        db, from_state, to_state, ids=ids, where=where, values=values, actor=actor, reason=reason
+        db,
+        from_state,
+        to_state,
+        ids=ids,
+        where=where,
+        values=values,
+        params=params,
+        actor=actor,
+        reason=reason,
     )
     return [row[0] for row in rows]
 
@@ -96,6 +105,7 @@ def transition_rows(
     where: ColumnElement[bool] | None = None,
     values: Mapping[str, Any] | None = None,
     returning: Sequence[Any] = (),
+    params: Mapping[str, Any] | None = None,
     actor: str = "annealer",
     reason: str = "",
 ) -> list[tuple[Any, ...]]:
@@ -104,11 +114,11 @@ def transition_rows(
     if ids is not None and not ids:
         return []
     clauses: list[ColumnElement[bool]] = [_table.c.state == from_state]
-    params: dict[str, Any] = {}
+    bound: dict[str, Any] = dict(params or {})
     if ids is not None:
-        # an expanding parameter keeps the statement cacheable; a literal list is recompiled each time
-        clauses.append(_table.c.id.in_(bindparam("transition_ids", expanding=True)))
-        params["transition_ids"] = list(ids)
+        dialect = dialect_of(db)
+        clauses.append(in_ids(_table.c.id, "transition_ids", dialect))
+        bound["transition_ids"] = ids_value(ids, dialect)
     if where is not None:
         clauses.append(where)
     stmt = (
@@ -118,7 +128,8 @@ def transition_rows(
         .returning(_table.c.id, *returning)
         .execution_options(synchronize_session=False)
     )
-    moved = [tuple(row) for row in db.execute(stmt, params)]
+    # the returned columns are plain integers: the DBAPI's rows need none of SQLAlchemy's processing
+    moved: list[tuple[Any, ...]] = db.execute(stmt, bound).cursor.fetchall()  # type: ignore[attr-defined]
     record_transitions(db, [row[0] for row in moved], from_state, to_state, actor=actor, reason=reason)
     return moved
 
