@@ -1,8 +1,9 @@
-"""The TFTP responder: one selector loop, one connected socket per transfer, timers scanned in the loop.
+"""The TFTP responder: one epoll loop, one connected socket per transfer, timers scanned in the loop.
 
 Hot path (per ACK): recv 4 bytes, map the 16-bit block number into the window, send the next
-window with `send` on the connected socket. No thread per transfer, no allocation beyond the
-datagram itself.
+window with `send` on the connected socket; a lock-step ACK is handled inline. No thread per
+transfer; files are read once (services/tftp/files.py) and sliced per block.
+Wildcard binds use IP_PKTINFO so each transfer answers from the address the client asked.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ BYTES_SENT = Counter("kiln_tftp_bytes_sent_total", "File bytes sent by completed
 DEFAULT_TIMEOUT = 1.0
 DEFAULT_RETRIES = 5
 TICK = 0.05  # timer resolution; retransmit timeouts are whole seconds (RFC 2349)
-# <linux/in.h>; the socket module of Python 3.11 has no name for it on Linux
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_DATA_HEADER = struct.Struct("!HH")
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # <linux/in.h>; Python 3.11 does not name it on Linux
 SIOCGIFMTU = 0x8921  # <linux/sockios.h>
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+_DATA_HEADER = struct.Struct("!HH")
 
 
 def interface_mtu(ifindex: int) -> int:
@@ -64,6 +64,7 @@ class Transfer:
         "last",
         "name",
         "oack",
+        "oack_pending",
         "peer",
         "retries",
         "sent",
@@ -95,16 +96,28 @@ class Transfer:
         self.sent = 0  # highest block sent
         self.retries = 0
         self.deadline = 0.0
+        self.oack_pending = bool(self.oack)  # until the client ACKs block 0 (RFC 2347)
+        if self.window > 1:
+            # room for a whole window in the kernel, or the tail of a big window is dropped locally
+            wanted = min(self.window * (self.blksize + 64), 4 << 20)
+            if wanted > sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
 
     def send_window(self, now: float) -> None:
         first = self.acked + 1
         end = min(self.acked + self.window, self.last)
         bs, content, send = self.blksize, self.content, self.sock.send
+        self.sent = self.acked
+        self.deadline = now + self.timeout
         for block in range(first, end + 1):
             off = (block - 1) * bs
-            send(packet.data_header(block) + content[off : off + bs])
-        self.sent = end
-        self.deadline = now + self.timeout
+            try:
+                send(packet.data_header(block) + content[off : off + bs])
+            except BlockingIOError:
+                # send buffer full: the rest of the window counts as lost; the client's ACK of
+                # what it got (RFC 7440) or the timer resends from there
+                return
+            self.sent = block
 
     def start(self, now: float) -> None:
         if self.oack:
@@ -115,10 +128,10 @@ class Transfer:
 
     def on_ack(self, block16: int, now: float) -> bool:
         """Handle an ACK; True when the transfer is complete."""
-        if self.sent == 0:
-            # waiting for the ACK of our OACK (block 0, RFC 2347)
+        if self.oack_pending:
             if block16 != 0:
                 return False
+            self.oack_pending = False
             self.retries = 0
             self.send_window(now)
             return False
@@ -139,7 +152,7 @@ class Transfer:
         return False
 
     def on_timeout(self, now: float) -> None:
-        if self.sent == 0:
+        if self.oack_pending:
             self.sock.send(self.oack)
             self.deadline = now + self.timeout
         else:

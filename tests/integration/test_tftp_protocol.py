@@ -125,6 +125,37 @@ def test_windowed_transfer_rolls_block_numbers_over_past_65535(tftp: RunningTftp
     tftp.wait_idle()
 
 
+def test_window_larger_than_the_socket_buffers_still_completes(tftp: RunningTftp, client: RawClient) -> None:
+    # 64 blocks of 65,000 bytes (4 MB) overflow the client's receive buffer, so the kernel drops part
+    # of each window; the client's RFC 7440 "ACK the last block in order" must recover the rest
+    content = tftp.files["big.bin"][:1_500_000]
+    (tftp.root / "window.bin").write_bytes(content)
+    client.request(packet.build_rrq("window.bin", options={"blksize": "65000", "windowsize": "64"}))
+    assert client.recv() == packet.OptionAck({"blksize": "65000", "windowsize": "64"})
+    client.ack(0)
+    received = bytearray()
+    block = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            data = client.recv(timeout=0.2)
+        except TimeoutError:
+            client.ack(block)  # what arrived in order; the server starts the next window after it
+            continue
+        assert isinstance(data, packet.Data)
+        if data.block != block + 1:
+            continue  # a gap or a resent duplicate: wait for the timeout's ACK to resynchronise
+        block += 1
+        received += data.payload
+        if len(data.payload) < 65000:
+            client.ack(block)
+            break
+        if block % 64 == 0:
+            client.ack(block)
+    assert bytes(received) == content
+    tftp.wait_idle()
+
+
 def test_lost_ack_makes_the_server_resend_the_whole_window(tftp: RunningTftp, client: RawClient) -> None:
     expected = _blocks(tftp.files["big.bin"], 512)
     client.request(packet.build_rrq("big.bin", options={"windowsize": "4"}))
