@@ -46,6 +46,7 @@ def heartbeats(db: Database) -> list[AnnealerHeartbeat]:
 
 
 def make_annealer(settings: Settings, db: Database, *, workers: int | None = None) -> Annealer:
+    register_bmc_operations(db, settings)  # the bmc jig's discover/configure need this process's db
     return Annealer(
         db,
         workers=workers or settings.annealer_workers,
@@ -57,7 +58,6 @@ def make_annealer(settings: Settings, db: Database, *, workers: int | None = Non
 
 def serve(settings: Settings, db: Database, stop: threading.Event, *, workers: int | None = None) -> None:
     annealer = make_annealer(settings, db, workers=workers)
-    register_bmc_operations(db, settings)  # the bmc jig's discover/configure need this process's db
     log.info("annealer %s started: %d workers, batch %d", annealer.name, annealer.workers, annealer.batch)
     last_beat = 0.0
     idle = IDLE_MIN

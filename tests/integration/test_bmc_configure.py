@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from appliance.bmc.ipmi import IPMIDriver
 from appliance.config import Settings
 from appliance.db import Database
 from appliance.errors import JigError, NotFound
+from appliance.jigs import REGISTRY
 from appliance.jigs.base import NodeRoleContext
 from appliance.models import Allocation, Event, Network, Node
 from tests.bmcsim import IPMISimFarm, SimBMC
@@ -131,14 +133,16 @@ def test_bmc_configure_role_moves_the_bmc_to_its_bmc_network_address(
                 session, settings, node, address=bmc.address, username="admin", password=bmc.password
             )
             node_id = node.id
-        ctx = NodeRoleContext(
-            id=1, node_id=node_id, node_name="role1.kiln.lab", role="bmc-configure", deployment_id=1
-        )
-
-        assert roles.discover(sqlite_db, settings, ctx, {}) == {"bmc_present": True, "bmc_driver": "ipmi"}
-        outputs = roles.configure(
-            sqlite_db, settings, ctx, {"bmc_network": "lab-bmc", "bmc_username": "kiln"}
-        )
+        # through the jig, as the annealer runs the core barclamp's roles
+        roles.register_bmc_operations(sqlite_db, settings)
+        jig = REGISTRY["bmc"]
+        discover = NodeRoleContext(
+            id=1, node_id=node_id, node_name="role1.kiln.lab", role="bmc-discover", deployment_id=1,
+            jig_data={"operation": "discover"},
+        )  # fmt: skip
+        configure = replace(discover, role="bmc-configure", jig_data={"operation": "configure"})
+        assert jig.run(discover, {}) == {"bmc_present": True, "bmc_driver": "ipmi"}
+        outputs = jig.run(configure, {"bmc_network": "lab-bmc", "bmc_username": "kiln"})
         assert outputs == {"bmc_address": "127.0.0.10"}
         assert "IP Address              : 127.0.0.10" in bmc.ipmitool("lan", "print", "1")
         with sqlite_db.read_session() as session:
