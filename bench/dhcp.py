@@ -1,6 +1,6 @@
 """DHCP benchmark: perfdhcp DORA leases/s against Kiln and against dnsmasq, same setup, same run.
 
-    sudo .venv/bin/python -m bench.dhcp [--rates 2000,4000,...] [--seconds 5]
+    sudo .venv/bin/python bench/dhcp.py [--rates 2000,4000,...] [--seconds 5] [--clients 1,16000000]
 
 Both servers run in one namespace on a veth pair; perfdhcp (which acts as a relay, from its own
 address) runs in another. For each rate of the ladder each server is started fresh (empty database,
@@ -18,12 +18,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.db import create_database
 from appliance.models import Lease
