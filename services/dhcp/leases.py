@@ -100,6 +100,11 @@ class LeaseWriter:
         sql = self._upsert(len(latest))
         if self._conn is None:
             self._conn = self.db.engine.raw_connection()
+            if self.db.is_sqlite:
+                # SQLite checkpoints the WAL inside whichever COMMIT crosses 1,000 pages, fsyncing the
+                # database file too: a stall for the ACKs waiting on that commit. `checkpoint()` does
+                # it from the housekeeping thread instead.
+                self._conn.cursor().execute("PRAGMA wal_autocheckpoint=0")
         conn = self._conn
         try:
             cursor = conn.cursor()
@@ -120,6 +125,16 @@ class LeaseWriter:
             except Exception:
                 log.debug("dhcp: closing a failed connection failed too", exc_info=True)
             raise
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database off the ACK path (SQLite; PASSIVE never blocks the writer)."""
+        if not self.db.is_sqlite:
+            return
+        conn = self.db.engine.raw_connection()
+        try:
+            conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def close(self) -> None:
         if self._conn is not None:

@@ -287,6 +287,7 @@ def _housekeeping(backend: DatabaseBackend, stop: threading.Event) -> None:
         try:
             backend.refresh()
             backend.expire_offers(time.time())
+            backend.writer.checkpoint()
         except Exception:
             log.exception("dhcp: refreshing the index failed; answering from the previous one")
 
