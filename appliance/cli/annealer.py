@@ -157,7 +157,7 @@ def deployment_show(cli: CliContext, name: str, as_json: bool) -> None:
                 select(NodeRole.state, func.count())
                 .where(NodeRole.deployment_id == deployment.id)
                 .group_by(NodeRole.state)
-            ).tuples()
+            ).all()
         )
     click.echo(f"deployment {deployment.name}: {deployment.state}")
     for state, count in sorted(counts.items()):
@@ -198,7 +198,7 @@ def noderole_list(
             query = query.where(NodeRole.deployment_id == deployments.get_deployment(session, deployment).id)
         rows = [
             {"id": i, "node": n, "role": r, "state": s, "runs": c, "deployment": d}
-            for i, n, r, s, c, d in session.execute(query).tuples()
+            for i, n, r, s, c, d in session.execute(query)
         ]
     output(rows, ["id", "node", "role", "state", "runs", "deployment"], as_json)
 
