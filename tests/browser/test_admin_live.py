@@ -23,6 +23,7 @@ from appliance.models import Node, NodeRole
 from tests.bmcsim import IPMISimFarm
 from tests.browser.conftest import ARTIFACTS, Kiln
 from tests.webadmin_world import INVENTORY
+from web.api import events_stream
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
@@ -155,3 +156,24 @@ def test_commit_a_deployment_and_watch_node_roles_turn_active_live(kiln: Kiln) -
     with kiln.db.read_session() as s:
         states = set(s.scalars(select(NodeRole.state).where(NodeRole.deployment_id == dep_id)))
     assert states == {"active"}
+
+
+def test_a_page_stays_live_by_polling_when_the_server_refuses_streams(
+    kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_stream, "MAX_STREAMS", 0)
+    context = kiln.context()
+    page = kiln.login(context, "operator")
+    page.goto("/admin/nodes")
+    expect(page.locator("#live-dot.up")).to_have_attribute("title", "live (polling)", timeout=5000)
+    _mark_no_reload(page)
+    token = page.request.get(f"{kiln.url}/api/v2/csrf").json()["csrf_token"]
+    made = page.request.post(
+        f"{kiln.url}/api/v2/nodes",
+        data={"name": "polled.test", "macs": ["52:54:00:aa:bb:02"]},
+        headers={"X-CSRF-Token": token},
+    )
+    assert made.status == 201, made.text()
+    expect(page.get_by_role("link", name="polled.test")).to_be_visible(timeout=5000)  # one 2 s poll + fetch
+    assert _still_same_page(page)
+    context.close()

@@ -38,7 +38,7 @@ class Server:
 @pytest.fixture
 def server(settings: Settings, sqlite_db: Database) -> Iterator[Server]:
     make_users(sqlite_db)
-    app = create_app(settings, sqlite_db, KILN_SSE_MAX_SECONDS=8)
+    app = create_app(settings, sqlite_db, KILN_SSE_MAX_SECONDS=8, KILN_SSE_MAX_STREAMS=5)
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -129,3 +129,27 @@ def test_many_streams_share_one_poller(server: Server) -> None:
     finally:
         for answer in answers:
             answer.close()
+
+
+def test_streams_past_the_cap_are_refused_with_retry_after_and_slots_come_back(server: Server) -> None:
+    http = server.session()
+    source_url = f"{server.url}/api/v2/events/stream"
+    answers = [http.get(source_url, stream=True, timeout=10) for _ in range(5)]
+    try:
+        assert all(a.status_code == 200 for a in answers)
+        refused = http.get(source_url, timeout=10)
+        assert refused.status_code == 503
+        assert "poll GET /api/v2/events" in refused.json()["error"]
+        assert int(refused.headers["Retry-After"]) > 0
+    finally:
+        for answer in answers:
+            answer.close()
+    # a closed client is noticed at the next write (an event or the keepalive); then its slot is free
+    source = server.app.extensions["kiln_event_notifier"]
+    record(server.db, "node.update", "wake the streams")
+    deadline = time.monotonic() + 10
+    while source.streams > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert source.streams == 0
+    with http.get(source_url, stream=True, timeout=10) as again:
+        assert again.status_code == 200

@@ -15,10 +15,12 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from appliance.errors import KilnError, Unauthorized
+from appliance.models import Event
 from web.admin import (
     catalog,
     dashboard,
@@ -33,6 +35,7 @@ from web.admin import (
 )
 from web.admin.guard import CSRF_FIELD, may
 from web.api import access
+from web.context import kiln
 from web.observability import request_info
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,14 @@ def _page_context() -> dict[str, Any]:
         "is_admin": may("admin"),
         "csrf_field_name": CSRF_FIELD,
         "csrf_token": access.csrf_token,
+        "last_event_id": _last_event_id,
     }
+
+
+def _last_event_id() -> int:
+    """Where kiln.js starts polling /api/v2/events if the stream is refused (only base.html asks)."""
+    with kiln().db.read_session() as s:
+        return int(s.scalar(select(func.max(Event.id))) or 0)
 
 
 def _error_page(status: int, title: str, message: str) -> Response:

@@ -14,6 +14,10 @@ Resuming: each message carries `id: <event id>`; a browser's EventSource sends i
 ends by itself after MAX_STREAM_SECONDS so a thread of a bounded pool (gunicorn gthread) is never held
 forever by a forgotten tab; the client reconnects where it left off.
 
+Streams are capped (MAX_STREAMS, app config KILN_SSE_MAX_STREAMS): each holds a server thread, and
+gunicorn's gthread pool is small (16). Past the cap the answer is 503 with Retry-After; kiln.js then
+falls back to polling GET /events?since= every few seconds, so a page stays live either way.
+
 Known limit: on PostgreSQL two transactions can commit ids out of order (id 11 visible before 10); a
 stream that already sent 11 never sends 10. SQLite (one writer at a time) has no such gap.
 """
@@ -32,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from appliance.db import Database
+from appliance.errors import KilnError
 from appliance.models import Event
 from web.api.endpoint import endpoint
 from web.api.schemas import EventOut
@@ -43,6 +48,7 @@ bp = Blueprint("events_stream", __name__)
 POLL_SECONDS = 0.4
 KEEPALIVE_SECONDS = 15.0
 MAX_STREAM_SECONDS = 300.0
+MAX_STREAMS = 10
 BATCH = 500
 RETRY_MS = 1000
 
@@ -56,7 +62,21 @@ class EventNotifier:
         self._cond = threading.Condition()
         self._latest = -1
         self._listeners = 0
+        self._streams = 0
         self._thread: threading.Thread | None = None
+
+    def open_stream(self, limit: int) -> None:
+        """Take one of `limit` stream slots or raise StreamsBusy (released by close_stream)."""
+        with self._cond:
+            if self._streams >= limit:
+                raise StreamsBusy(
+                    f"{self._streams} event streams are open, the most this server keeps; poll GET /api/v2/events?since= instead"
+                )
+            self._streams += 1
+
+    def close_stream(self) -> None:
+        with self._cond:
+            self._streams -= 1
 
     def read_latest(self) -> int:
         with self.db.read_session() as session:
@@ -81,6 +101,11 @@ class EventNotifier:
     def listeners(self) -> int:
         with self._cond:
             return self._listeners
+
+    @property
+    def streams(self) -> int:
+        with self._cond:
+            return self._streams
 
     def latest(self) -> int:
         with self._cond:
@@ -107,6 +132,11 @@ class EventNotifier:
                     self._latest = latest
                     self._cond.notify_all()
             time.sleep(self.interval)
+
+
+class StreamsBusy(KilnError):
+    status = 503
+    retry_after = 30.0
 
 
 def notifier() -> EventNotifier:
@@ -186,9 +216,14 @@ def events_stream_get(query: StreamQuery) -> Response:
     # fixed now, not when the body starts: an event written between the two must not be skipped
     start = _start_id(query, source.read_latest())
     max_seconds = float(current_app.config.get("KILN_SSE_MAX_SECONDS", MAX_STREAM_SECONDS))
+    source.open_stream(int(current_app.config.get("KILN_SSE_MAX_STREAMS", MAX_STREAMS)))
     body = stream_events(kiln().db, source, start, _matcher(query.action), max_seconds)
-    return Response(
+    response = Response(
         body,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # the server closes every response it started, even one whose body was never read: the slot is
+    # given back there, not in the generator (whose `finally` never runs if it never started)
+    response.call_on_close(source.close_stream)
+    return response

@@ -69,15 +69,43 @@
     });
   }
 
+  var lastId = 0;
+
+  function setDot(state, title) {
+    var dot = document.getElementById("live-dot");
+    if (dot) { dot.className = "live-dot " + state; dot.title = title; }
+  }
+
+  // The server keeps a bounded number of streams (each holds one of its threads). When it refuses
+  // (503) or the stream cannot be had, the page polls the events list instead and stays live.
+  function poll() {
+    var url = document.body.getAttribute("data-events");
+    fetch(url + "?limit=500&since=" + lastId, { credentials: "same-origin" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (page) {
+        setDot("up", "live (polling)");
+        page.items.forEach(function (ev) { lastId = Math.max(lastId, ev.id); onEvent(ev); });
+      })
+      .catch(function () { setDot("down", "reconnecting"); })
+      .finally(function () { setTimeout(poll, 2000); });
+  }
+
   function connect() {
     var url = document.body.getAttribute("data-stream");
-    var dot = document.getElementById("live-dot");
-    if (!url || !window.EventSource) return;
-    var source = new EventSource(url);
-    source.addEventListener("open", function () { if (dot) { dot.className = "live-dot up"; dot.title = "live"; } });
-    source.addEventListener("error", function () { if (dot) { dot.className = "live-dot down"; dot.title = "reconnecting"; } });
+    if (!url) return;
+    lastId = parseInt(document.body.getAttribute("data-last-event") || "0", 10);
+    if (!window.EventSource) { poll(); return; }
+    var source = new EventSource(url + "?since=" + lastId);
+    source.addEventListener("open", function () { setDot("up", "live"); });
+    source.addEventListener("error", function () {
+      if (source.readyState === EventSource.CLOSED) { poll(); } else { setDot("down", "reconnecting"); }
+    });
     source.addEventListener("kiln", function (msg) {
-      try { onEvent(JSON.parse(msg.data)); } catch (e) { /* a malformed message is dropped */ }
+      try {
+        var ev = JSON.parse(msg.data);
+        lastId = Math.max(lastId, ev.id);
+        onEvent(ev);
+      } catch (e) { /* a malformed message is dropped */ }
     });
   }
 
