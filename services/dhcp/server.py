@@ -320,7 +320,8 @@ def serve(settings: Settings, db: Database, stop: threading.Event) -> None:
     )
     server = DhcpServer(settings, backend, Responder(backend, config))
     server.open()
-    rogue = RogueWatch(server.interfaces, backend)
+    # in proxyDHCP mode another server owning the addresses is the point, not a rogue
+    rogue = RogueWatch([] if settings.dhcp_proxy else server.interfaces, backend)
     rogue.open()
     # the helpers stop after the receive loop, so ACKs already queued are still committed and sent
     halt = threading.Event()

@@ -194,6 +194,9 @@ def test_proxy_dhcp_beside_dnsmasq_gives_boot_info_only(
     assert [p.options[54] for p in plain] == [b"\x0a\x46\x00\x02"]
     sock.close()
     assert 'kiln_requests_total{kind="offer",service="dhcp"}' in kiln.metrics()
+    # beside a proxy, the server that owns the addresses is expected, not a rogue
+    with db.read_session() as s:
+        assert s.scalar(select(Event).where(Event.action == "dhcp.rogue_server")) is None
 
 
 def test_rogue_dnsmasq_on_served_segment_is_recorded(
