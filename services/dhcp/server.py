@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import gc
 import ipaddress
 import logging
 import os
@@ -310,6 +311,9 @@ def serve(settings: Settings, db: Database, stop: threading.Event) -> None:
         return
     backend = DatabaseBackend(db, discovery=settings.dhcp_discovery)
     backend.start()
+    # everything loaded so far (SQLAlchemy, the index, the leases) lives as long as the process: moving
+    # it out of the collector's view keeps full collections from stalling the receive loop for ms
+    gc.freeze()
     config = ResponderConfig(
         advertise=_advertise(settings),
         web_port=settings.web_port,
