@@ -6,20 +6,15 @@ RMCP+ session, so Kiln never uses cipher suite 0; `security()` reports a BMC tha
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import struct
-import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from pyghmi import exceptions as pyghmi_exc
-from pyghmi.ipmi import command as ipmi_command
 from pyghmi.ipmi import fru as ipmi_fru
-from pyghmi.ipmi.private import session as ipmi_session
 
 from appliance.bmc.base import (
     PRIVILEGES,
@@ -36,6 +31,13 @@ from appliance.bmc.base import (
     check_lan_args,
     retrying,
 )
+from appliance.bmc.ipmi_session import (
+    TIMEOUT_CODE,
+    fix_pyghmi_wakeup_race,
+    forget_broken_sessions,
+    login,
+    shared_session,
+)
 from appliance.errors import BMCAuthError, BMCError, BMCUnreachable, BMCUnsupported, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ _BOOT_SELECTORS: dict[int, str] = {0x1: "pxe", 0x2: "disk", 0x3: "safe", 0x5: "c
 _PYGHMI_BOOTDEV: dict[str, str] = {"pxe": "network", "disk": "hd"}
 # IPMI completion codes that mean "not this BMC"
 _UNSUPPORTED_CODES = {0xC1, 0x80}
-_TIMEOUT_CODE = 0xFFFF
 _AUTH_WORDS = ("password", "unauthorized name", "rakp", "privilege", "kg", "username")
 _CIPHER_ZERO = (
     "cipher suite 0 is enabled (no authentication, integrity or encryption): anyone who knows a "
@@ -67,7 +68,7 @@ def _classify(target: BMCTarget, what: str, exc: Exception) -> BMCError:
         )
     if (
         not text
-        or code == _TIMEOUT_CODE
+        or code == TIMEOUT_CODE
         or "timeout" in lowered
         or "no longer connected" in lowered
         or "failed to initialize" in lowered
@@ -83,112 +84,21 @@ def _classify(target: BMCTarget, what: str, exc: Exception) -> BMCError:
     return BMCError(f"{where}: {what} failed: {text or hex(code)}")
 
 
-_wakeup_fix_lock = threading.Lock()
-_wakeup_fixed = False
-
-
-def _fix_pyghmi_wakeup_race() -> None:
-    """Stop pyghmi from sleeping on a reply it already has.
-
-    pyghmi 1.6's Session.awaitresponse() sends, then parks in _io_wait() until its I/O thread sees
-    a packet from the BMC. A BMC that answers within ~0.1 ms (ipmi_sim on loopback, measured) has its
-    reply read into the session's queue *before* the caller parks, so the caller sleeps until the
-    0.5-1 s retransmit timer: every Get User Name took 0.55-1.0 s, and 63 of them made one user
-    listing take 30 s. The wrapper returns at once when a reply for that BMC is already queued.
-    """
-    global _wakeup_fixed
-    with _wakeup_fix_lock:
-        if _wakeup_fixed:
-            return
-        original = ipmi_session._io_wait
-
-        def io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> Any:
-            if myaddr is not None and evq is None:
-                handlers = ipmi_session.Session.bmc_handlers.get(myaddr, {})
-                if any(sess.pktqueue for sess in list(handlers.values())):
-                    return None
-            return original(timeout, myaddr, evq)
-
-        ipmi_session._io_wait = io_wait
-        _wakeup_fixed = True
-
-
-@dataclass
-class _SharedSession:
-    """The one pyghmi Command (RMCP+ session) of a BMC and user, shared by every driver for it.
-
-    pyghmi itself hands a second Command() for the same BMC and credentials the first one's session,
-    and that second login then hangs (measured: 10 s, every time); so Kiln keeps exactly one.
-    """
-
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    cmd: Any = None
-    channel: int | None = None
-
-
-_sessions_lock = threading.Lock()
-_sessions: dict[tuple[str, int, str, str], _SharedSession] = {}
-
-
-def _shared_session(target: BMCTarget) -> _SharedSession:
-    digest = hashlib.sha256(target.password.encode()).hexdigest()
-    key = (target.host, target.port or 623, target.username, digest)
-    with _sessions_lock:
-        return _sessions.setdefault(key, _SharedSession())
-
-
 class IPMIDriver(BMCDriver):
     name = "ipmi"
 
     def __init__(self, target: BMCTarget) -> None:
         super().__init__(target)
-        _fix_pyghmi_wakeup_race()
-        self._shared = _shared_session(target)
+        fix_pyghmi_wakeup_race()
+        self._shared = shared_session(target)
         self.lock = self._shared.lock
 
     # --- session -----------------------------------------------------------------------------
 
     def _session(self) -> Any:
         if self._shared.cmd is None:
-            self._shared.cmd = self._login()
+            self._shared.cmd = login(self.target)
         return self._shared.cmd
-
-    def _login(self) -> Any:
-        """pyghmi logs in inside Command() and gives up on a silent BMC only after its own ~5 s of
-        retransmits; a helper thread holds the login to the target's timeout instead."""
-        box: dict[str, Any] = {}
-        self._forget_broken_sessions()
-
-        def login() -> None:
-            try:
-                box["cmd"] = ipmi_command.Command(
-                    bmc=self.target.host,
-                    userid=self.target.username,
-                    password=self.target.password,
-                    port=self.target.port or 623,
-                    keepalive=True,
-                )
-            except BaseException as exc:  # handed to the caller's thread below
-                box["exc"] = exc
-
-        thread = threading.Thread(target=login, name=f"ipmi-login-{self.target.host}", daemon=True)
-        thread.start()
-        thread.join(self.target.timeout)
-        if "cmd" in box:
-            return box["cmd"]
-        if "exc" in box:
-            raise box["exc"]
-        raise pyghmi_exc.IpmiException("timeout", _TIMEOUT_CODE)
-
-    def _forget_broken_sessions(self) -> None:
-        # pyghmi 1.6 files a session under (host, user-as-str, ...) while logging in but deletes it
-        # under the user as bytes, so after a logout or a failed login the dead session stays filed
-        # and the next Command() for the same BMC and user is handed that corpse. Drop them.
-        port = self.target.port or 623
-        pending = ipmi_session.Session.initting_sessions
-        for key, sess in list(pending.items()):
-            if key[0] == self.target.host and key[3] == port and getattr(sess, "broken", False):
-                pending.pop(key, None)
 
     def _drop_session(self) -> None:
         cmd, self._shared.cmd, self._shared.channel = self._shared.cmd, None, None
@@ -197,7 +107,7 @@ class IPMIDriver(BMCDriver):
                 cmd.ipmi_session.logout()
             except Exception:  # a dead session cannot log out; it is being dropped anyway
                 log.debug("bmc %s: logout of a broken session failed", self.target.describe())
-            self._forget_broken_sessions()
+            forget_broken_sessions(self.target)
 
     def _once(self, what: str, fn: Callable[[Any], T]) -> T:
         with self.lock:
