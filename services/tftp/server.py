@@ -310,8 +310,10 @@ class TftpServer:
     def _on_transfer(self, transfer: Transfer, now: float) -> None:
         # One datagram per wake-up: in lock-step the next ACK cannot be there yet, and a second
         # recv would only raise BlockingIOError; epoll is level-triggered and calls again if more wait.
+        # 2048, not 64 KiB: CPython allocates the whole buffer per call, and clients only send ACKs
+        # and ERRORs (a longer datagram is cut, fails to parse and is counted as malformed).
         try:
-            data = transfer.sock.recv(65536)
+            data = transfer.sock.recv(2048)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # ICMP port unreachable: the client went away
