@@ -3,5 +3,6 @@ Event is POSTed to them, HMAC-signed, retried with backoff and recorded, by the 
 
 - appliance.webhooks.sinks: create/change/delete sinks (secrets encrypted at rest), deliveries.
 - appliance.webhooks.post: the body, the signature and one POST.
+- appliance.webhooks.fanout: new events → deliveries, per sink cursor.
 - appliance.webhooks.worker: the delivery worker, `serve(settings, db, stop)`.
 """

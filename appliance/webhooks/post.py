@@ -64,33 +64,65 @@ class Answer:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> Answer:
-    """POST and report; never raises. Redirects are not followed: a 3xx is a failed attempt, since
-    following one would send the signed event somewhere the operator did not register."""
-    start = time.monotonic()
-    parts = urlsplit(url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn: http.client.HTTPConnection
-    host = parts.hostname or ""
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=ssl.create_default_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
-    try:
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
+class Connection:
+    """POSTs to one sink over one kept-alive connection (reopened when the receiver closes it)."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        parts = urlsplit(url)
+        self.timeout = timeout
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = parts.hostname or ""
+        self.conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            context = ssl.create_default_context()
+            self.conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
+        else:
+            self.conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+
+    def post(self, body: bytes, headers: dict[str, str]) -> Answer:
+        """POST and report; never raises. Redirects are not followed: a 3xx is a failed attempt, since
+        following one would send the signed event somewhere the operator did not register."""
+        start = time.monotonic()
+        reused = self.conn.sock is not None
+        try:
+            try:
+                return self._exchange(body, headers, start)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # the receiver closed an idle kept-alive connection just as it was reused: once more
+                self.conn.close()
+                return self._exchange(body, headers, start)
+        except TimeoutError:
+            self.conn.close()
+            return Answer(None, f"no answer within {self.timeout:g} s", time.monotonic() - start)
+        except ssl.SSLError as exc:
+            self.conn.close()
+            return Answer(None, f"TLS: {exc.reason or exc}"[:255], time.monotonic() - start)
+        except ConnectionRefusedError:
+            self.conn.close()
+            return Answer(None, "connection refused", time.monotonic() - start)
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()
+            return Answer(None, f"{type(exc).__name__}: {exc}"[:255], time.monotonic() - start)
+
+    def _exchange(self, body: bytes, headers: dict[str, str], start: float) -> Answer:
+        self.conn.request("POST", self.path, body=body, headers=headers)
+        response = self.conn.getresponse()
         response.read(READ_LIMIT)
+        if response.will_close or response.length:  # unread rest or a close: start afresh next time
+            self.conn.close()
         error = None if 200 <= response.status < 300 else f"HTTP {response.status} {response.reason}"[:255]
         return Answer(response.status, error, time.monotonic() - start)
-    except TimeoutError:
-        return Answer(None, f"no answer within {timeout:g} s", time.monotonic() - start)
-    except ssl.SSLError as exc:
-        return Answer(None, f"TLS: {exc.reason or exc}"[:255], time.monotonic() - start)
-    except ConnectionRefusedError:
-        return Answer(None, "connection refused", time.monotonic() - start)
-    except (OSError, http.client.HTTPException) as exc:
-        return Answer(None, f"{type(exc).__name__}: {exc}"[:255], time.monotonic() - start)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> Answer:
+    """One POST on a connection of its own."""
+    conn = Connection(url, timeout=timeout)
+    try:
+        return conn.post(body, headers)
     finally:
         conn.close()

@@ -7,19 +7,21 @@ receiver thinks, and an annealer never waits on a receiver):
    `pending` Delivery per matching (sink, event), and the sink's cursor moves past them in the same
    transaction. The cursor moves by compare-and-set, and (sink, event) is unique, so two workers never
    create a delivery twice.
-2. **claim**: due deliveries, at most `per_sink` in flight per sink so a receiver that hangs holds
-   only its own slots, never the others'. A claim counts the attempt and pushes `next_attempt_at` one
-   lease ahead: a worker that dies mid-POST leaves the delivery to be retried after the lease.
-3. **send**: a bounded thread pool POSTs with a short timeout (appliance.webhooks.post).
+2. **claim**: due deliveries in chunks of up to CHUNK, at most `per_sink` chunks in flight per sink, so
+   a receiver that hangs holds only its own slots, never the others'. A claim counts the attempt and
+   pushes `next_attempt_at` one lease ahead: a worker that dies mid-POST leaves the delivery to be
+   retried after the lease.
+3. **send**: a bounded thread pool; each chunk goes over one kept-alive connection with a short
+   timeout (appliance.webhooks.post). A receiver that does not answer (or refuses the connection)
+   ends its chunk: the rest are handed back untried, to wait out the same backoff, so a dead
+   receiver costs one timeout per slot per retry, not one per event.
 4. **record**: 2xx → `delivered`; otherwise retried after `backoff * 2**(attempt-1)` seconds (capped)
    until `max_attempts`, then `failed`. Status code and error of the last attempt are kept.
 
-Deliveries are not Events (an event per delivery would itself be delivered, forever).
+The fan-out writes at most every FAN_OUT_SECONDS (sooner while a full batch is waiting): on SQLite
+every write transaction takes the one write lock and an fsync, which the annealer needs too.
 
-PostgreSQL hands out event ids before commit, so id 11 can be visible while 10 is still being
-committed. The fan-out stops before such a hole until it fills or has stayed open `gap_seconds`
-(a rolled-back transaction leaves one for good); an event committed later than that after a newer one
-is not delivered. SQLite commits one writer at a time, so its ids never arrive out of order.
+Deliveries are not Events (an event per delivery would itself be delivered, forever).
 """
 
 from __future__ import annotations
@@ -35,29 +37,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, select, update
 
 from appliance.config import Settings
 from appliance.db import Database
 from appliance.models import Delivery, Event, EventSink, utcnow
-from appliance.webhooks.post import Answer, event_body, headers_for, post
-from appliance.webhooks.sinks import decrypt_secret, matches, parse_filter
+from appliance.webhooks.fanout import FanOut, Sink
+from appliance.webhooks.post import Answer, Connection, event_body, headers_for
+from appliance.webhooks.sinks import decrypt_secret, parse_filter
 
 log = logging.getLogger(__name__)
 
 SINK_RELOAD_SECONDS = 2.0
 PRUNE_SECONDS = 3600.0
+FAN_OUT_SECONDS = 0.2
+CHUNK = 25
 IDLE_MIN, IDLE_MAX = 0.02, 0.5
 
-
-@dataclass(frozen=True)
-class Sink:
-    id: int
-    name: str
-    url: str
-    secret: bytes
-    patterns: tuple[str, ...]
-    version: int
+deliveries_t = cast(Table, Delivery.__table__)
 
 
 @dataclass(frozen=True)
@@ -70,8 +67,11 @@ class Job:
 
 @dataclass(frozen=True)
 class Result:
+    """A tried delivery (`answer`), or one handed back untried (`retry_in` seconds from now)."""
+
     job: Job
-    answer: Answer
+    answer: Answer | None
+    retry_in: float = 0.0
 
 
 class WebhookWorker:
@@ -82,7 +82,7 @@ class WebhookWorker:
         db: Database,
         settings: Settings,
         *,
-        batch: int = 500,
+        batch: int = 2000,
         gap_seconds: float = 10.0,
     ) -> None:
         self.db = db
@@ -95,18 +95,22 @@ class WebhookWorker:
         self.per_sink = max(settings.webhooks_per_sink, 1)
         self.keep = dt.timedelta(days=settings.webhooks_keep_days)
         self.batch = batch
-        self.gap_seconds = gap_seconds
-        self.lease = dt.timedelta(seconds=self.timeout * 2 + 30)
+        self.fanout = FanOut(db, batch=batch, gap_seconds=gap_seconds)
+        self.chunk = CHUNK
+        # a chunk starts no POST after one timeout's worth (so ends within two); the lease covers that
+        self.lease = dt.timedelta(seconds=self.timeout * 3 + 30)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kiln-webhook")
-        self.done: queue.Queue[Result] = queue.Queue()
+        self.done: queue.Queue[tuple[int, list[Result]]] = queue.Queue()
         self.wakeup = threading.Event()
         self.inflight: dict[int, Job] = {}
+        self.slots: Counter[int] = Counter()
         self.sinks: dict[int, Sink] = {}
         self.delivered = 0
         self.failed = 0
         self._sinks_loaded = -1e9
         self._last_prune = time.monotonic()
-        self._gaps: dict[int, float] = {}
+        self._last_fan_out = -1e9
+        self._backlog = False
         self._undecryptable: set[tuple[int, int]] = set()
 
     def backoff_for(self, attempt: int) -> float:
@@ -148,93 +152,22 @@ class WebhookWorker:
     # -- fan-out ----------------------------------------------------------------------------------------
 
     def fan_out(self) -> int:
-        """New events → pending deliveries. Returns the number of events read past the oldest cursor."""
-        if not self.sinks:
-            return 0
-        with self.db.read_session() as session:
-            cursors: dict[int, int] = {
-                sink_id: last
-                for sink_id, last in session.execute(
-                    select(EventSink.id, EventSink.last_event_id).where(
-                        EventSink.enabled.is_(True), EventSink.id.in_(list(self.sinks))
-                    )
-                )
-            }
-            if not cursors:
-                return 0
-            low = min(cursors.values())
-            events = session.execute(
-                select(Event.id, Event.action).where(Event.id > low).order_by(Event.id).limit(self.batch)
-            ).all()
-        if not events:
-            return 0
-        upto = self._settled(low, [e[0] for e in events])
-        if upto <= low:
-            return 0
-        now = utcnow()
-        with self.db.session() as session:
-            for sink_id, last in cursors.items():
-                sink = self.sinks.get(sink_id)
-                if sink is None or last >= upto:
-                    continue
-                moved = cast(
-                    CursorResult[Any],
-                    session.execute(
-                        update(EventSink)
-                        .where(EventSink.id == sink_id, EventSink.last_event_id == last)
-                        # the cursor is bookkeeping: it must not look like an operator's change
-                        .values(last_event_id=upto, updated_at=EventSink.updated_at)
-                        .execution_options(synchronize_session=False)
-                    ),
-                ).rowcount
-                if not moved:
-                    continue  # another worker moved this cursor first and fans these events out
-                rows = [
-                    {
-                        "sink_id": sink_id,
-                        "event_id": event_id,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                    }
-                    for event_id, action in events
-                    if last < event_id <= upto and matches(sink.patterns, action)
-                ]
-                if rows:
-                    session.execute(insert(Delivery), rows)
-        return sum(1 for e in events if e[0] <= upto)
-
-    def _settled(self, low: int, ids: Sequence[int]) -> int:
-        """The highest event id the fan-out may pass: before the first hole still young (PostgreSQL)."""
-        if self.db.is_sqlite:
-            return ids[-1]
-        now = time.monotonic()
-        expected = low + 1
-        for event_id in ids:
-            while expected < event_id:
-                first_seen = self._gaps.setdefault(expected, now)
-                if now - first_seen < self.gap_seconds:
-                    return expected - 1
-                expected += 1
-            expected = event_id + 1
-        for stale in [i for i in self._gaps if i <= ids[-1]]:
-            del self._gaps[stale]
-        return ids[-1]
+        """New events → pending deliveries (appliance.webhooks.fanout)."""
+        return self.fanout.run(self.sinks)
 
     # -- claim, send, record ----------------------------------------------------------------------------
 
-    def claim(self, free: int) -> list[tuple[Job, dict[str, Any]]]:
-        """Due deliveries of the loaded sinks, at most `per_sink` in flight each; attempts counted."""
-        busy = Counter(job.sink_id for job in self.inflight.values())
+    def claim(self, free: int) -> list[list[tuple[Job, dict[str, Any]]]]:
+        """Chunks of due deliveries for at most `free` slots (`per_sink` per sink); attempts counted."""
         now = utcnow()
+        rooms: dict[int, int] = {}
         candidates: list[int] = []
         with self.db.read_session() as session:
             for sink_id in self.sinks:
-                room = min(self.per_sink - busy[sink_id], free - len(candidates))
+                room = min(self.per_sink - self.slots[sink_id], free - sum(rooms.values()))
                 if room <= 0:
                     continue
-                candidates += session.scalars(
+                found = session.scalars(
                     select(Delivery.id)
                     .where(
                         Delivery.sink_id == sink_id,
@@ -242,8 +175,12 @@ class WebhookWorker:
                         Delivery.next_attempt_at <= now,
                     )
                     .order_by(Delivery.next_attempt_at, Delivery.id)
-                    .limit(room)
+                    .limit(room * self.chunk)
                 ).all()
+                found = [i for i in found if i not in self.inflight]
+                if found:
+                    rooms[sink_id] = min(room, -(-len(found) // self.chunk))
+                    candidates += found
         if not candidates:
             return []
         with self.db.session() as session:
@@ -258,81 +195,140 @@ class WebhookWorker:
                 .returning(Delivery.id, Delivery.sink_id, Delivery.event_id, Delivery.attempts)
                 .execution_options(synchronize_session=False)
             ).all()
-        jobs = [Job(d, s, e, a) for d, s, e, a in claimed]
-        if not jobs:
+        if not claimed:
             return []
         with self.db.read_session() as session:
-            found = session.scalars(select(Event).where(Event.id.in_({j.event_id for j in jobs}))).all()
-            events = {e.id: _event_dict(e) for e in found}
-        return [(job, events.get(job.event_id, {})) for job in jobs]
+            found_events = session.scalars(
+                select(Event).where(Event.id.in_({row[2] for row in claimed}))
+            ).all()
+            events = {e.id: _event_dict(e) for e in found_events}
+        by_sink: dict[int, list[tuple[Job, dict[str, Any]]]] = {}
+        for d, s, e, a in sorted(claimed):
+            by_sink.setdefault(s, []).append((Job(d, s, e, a), events.get(e, {})))
+        chunks: list[list[tuple[Job, dict[str, Any]]]] = []
+        for sink_id, items in by_sink.items():
+            n = max(rooms.get(sink_id, 1), 1)
+            size = -(-len(items) // n)
+            chunks += [items[i : i + size] for i in range(0, len(items), size)]
+        return chunks
 
-    def submit(self, claimed: Sequence[tuple[Job, dict[str, Any]]]) -> None:
-        for job, event in claimed:
-            self.inflight[job.delivery_id] = job
-            self.pool.submit(self._send, job, event)
+    def submit(self, chunks: Sequence[Sequence[tuple[Job, dict[str, Any]]]]) -> None:
+        for chunk in chunks:
+            sink_id = chunk[0][0].sink_id
+            self.slots[sink_id] += 1
+            for job, _ in chunk:
+                self.inflight[job.delivery_id] = job
+            self.pool.submit(self._send_chunk, sink_id, list(chunk))
 
-    def _send(self, job: Job, event: dict[str, Any]) -> None:
+    def _send_chunk(self, sink_id: int, chunk: list[tuple[Job, dict[str, Any]]]) -> None:
+        results: list[Result] = []
+        sink = self.sinks.get(sink_id)
+        conn = Connection(sink.url, timeout=self.timeout) if sink is not None else None
+        budget = time.monotonic() + self.timeout
+        retry_in: float | None = None  # set once the receiver stops answering: the rest wait with it
         try:
-            sink = self.sinks.get(job.sink_id)
-            if sink is None:
-                answer = Answer(None, "sink disabled or deleted while queued", 0.0)
-            elif not event:
-                answer = Answer(None, f"event {job.event_id} no longer exists", 0.0)
-            else:
-                body = event_body(event)
-                headers = headers_for(
-                    sink.secret,
-                    body,
-                    event_id=job.event_id,
-                    action=str(event["action"]),
-                    delivery_id=job.delivery_id,
-                    attempt=job.attempt,
-                )
-                answer = post(sink.url, body, headers, timeout=self.timeout)
-        except Exception as exc:  # a bug here must still record the attempt, not lose it
-            log.exception("delivery %d crashed", job.delivery_id)
-            answer = Answer(None, f"{type(exc).__name__}: {exc}"[:255], 0.0)
-        self.done.put(Result(job, answer))
+            for job, event in chunk:
+                if retry_in is not None or time.monotonic() > budget:
+                    results.append(Result(job, None, retry_in or 0.0))
+                    continue
+                answer = self._send_one(conn, sink, job, event)
+                results.append(Result(job, answer))
+                if answer.status_code is None and conn is not None and sink is not None:
+                    retry_in = self.backoff_for(job.attempt)
+        except Exception as exc:  # a bug here must still record the attempts, not lose them
+            log.exception("delivery chunk of sink %d crashed", sink_id)
+            done = {r.job.delivery_id for r in results}
+            error = Answer(None, f"{type(exc).__name__}: {exc}"[:255], 0.0)
+            results += [Result(job, error) for job, _ in chunk if job.delivery_id not in done]
+        finally:
+            if conn is not None:
+                conn.close()
+        self.done.put((sink_id, results))
         self.wakeup.set()
 
+    def _send_one(
+        self, conn: Connection | None, sink: Sink | None, job: Job, event: dict[str, Any]
+    ) -> Answer:
+        if conn is None or sink is None:
+            return Answer(None, "sink disabled or deleted while queued", 0.0)
+        if not event:
+            return Answer(None, f"event {job.event_id} no longer exists", 0.0)
+        body = event_body(event)
+        headers = headers_for(
+            sink.secret,
+            body,
+            event_id=job.event_id,
+            action=str(event["action"]),
+            delivery_id=job.delivery_id,
+            attempt=job.attempt,
+        )
+        return conn.post(body, headers)
+
     def record(self, results: Sequence[Result]) -> None:
+        """One transaction for a round's results; each write is guarded: a redelivery or a deleted sink
+        since the claim wins over this result."""
         if not results:
             return
         now = utcnow()
-        with self.db.session() as session:
-            for r in results:
-                values: dict[str, Any] = {
-                    "last_status_code": r.answer.status_code,
-                    "last_error": r.answer.error,
+        tried: list[dict[str, Any]] = []
+        untried: list[dict[str, Any]] = []
+        for r in results:
+            row: dict[str, Any] = {"b_id": r.job.delivery_id, "b_attempt": r.job.attempt}
+            if r.answer is None:
+                untried.append({**row, "b_next": now + dt.timedelta(seconds=r.retry_in)})
+                continue
+            status, next_at = "pending", now + dt.timedelta(seconds=self.backoff_for(r.job.attempt))
+            if r.answer.ok:
+                status, next_at = "delivered", now
+                self.delivered += 1
+            elif r.job.attempt >= self.max_attempts:
+                status = "failed"
+                self.failed += 1
+                log.warning("delivery %d failed for good: %s", r.job.delivery_id, r.answer.error)
+            tried.append(
+                {
+                    **row,
+                    "b_status": status,
+                    "b_next": next_at,
+                    "b_code": r.answer.status_code,
+                    "b_error": r.answer.error,
                 }
-                if r.answer.ok:
-                    values["status"] = "delivered"
-                    self.delivered += 1
-                elif r.job.attempt >= self.max_attempts:
-                    values["status"] = "failed"
-                    self.failed += 1
-                    log.warning("delivery %d failed for good: %s", r.job.delivery_id, r.answer.error)
-                else:
-                    values["next_attempt_at"] = now + dt.timedelta(seconds=self.backoff_for(r.job.attempt))
-                # guarded: a redelivery or a deleted sink since the claim wins over this result
+            )
+        guard = (
+            deliveries_t.c.id == bindparam("b_id"),
+            deliveries_t.c.attempts == bindparam("b_attempt"),
+            deliveries_t.c.status == "pending",
+        )
+        with self.db.session() as session:
+            if tried:
                 session.execute(
-                    update(Delivery)
-                    .where(
-                        Delivery.id == r.job.delivery_id,
-                        Delivery.attempts == r.job.attempt,
-                        Delivery.status == "pending",
-                    )
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
+                    update(deliveries_t)
+                    .where(*guard)
+                    .values(
+                        status=bindparam("b_status"),
+                        next_attempt_at=bindparam("b_next"),
+                        last_status_code=bindparam("b_code"),
+                        last_error=bindparam("b_error"),
+                    ),
+                    tried,
+                )
+            if untried:  # handed back: the attempt did not happen
+                session.execute(
+                    update(deliveries_t)
+                    .where(*guard)
+                    .values(attempts=deliveries_t.c.attempts - 1, next_attempt_at=bindparam("b_next")),
+                    untried,
                 )
 
     def drain(self) -> int:
         results: list[Result] = []
         while True:
             try:
-                results.append(self.done.get_nowait())
+                sink_id, chunk = self.done.get_nowait()
             except queue.Empty:
                 break
+            self.slots[sink_id] -= 1
+            results += chunk
         for r in results:
             self.inflight.pop(r.job.delivery_id, None)
         self.record(results)
@@ -360,12 +356,16 @@ class WebhookWorker:
         now = time.monotonic()
         if now - self._sinks_loaded > SINK_RELOAD_SECONDS:
             self.load_sinks()
-        work += self.fan_out()
-        free = self.workers - len(self.inflight)
+        if self._backlog or now - self._last_fan_out >= FAN_OUT_SECONDS:
+            self._last_fan_out = now
+            consumed = self.fan_out()
+            self._backlog = consumed >= self.batch
+            work += consumed
+        free = self.workers - sum(self.slots.values())
         if free > 0:
-            claimed = self.claim(free)
-            self.submit(claimed)
-            work += len(claimed)
+            chunks = self.claim(free)
+            self.submit(chunks)
+            work += len(chunks)
         if now - self._last_prune > PRUNE_SECONDS:
             self._last_prune = now
             self.prune()
@@ -373,7 +373,7 @@ class WebhookWorker:
 
     def close(self, wait: float | None = None) -> None:
         """Let POSTs under way end (each is bounded by the timeout) and record them."""
-        deadline = time.monotonic() + (self.timeout + 1 if wait is None else wait)
+        deadline = time.monotonic() + (2 * self.timeout + 1 if wait is None else wait)
         while self.inflight and time.monotonic() < deadline:
             try:
                 result = self.done.get(timeout=0.05)

@@ -193,3 +193,27 @@ def test_two_workers_deliver_each_event_once(db: Database, fast: Settings, flaky
     assert not errors, errors
     assert sorted(int(r.headers["X-Kiln-Event-Id"]) for r in flaky.requests) == ids
     assert all(d.attempts == 1 for d in deliveries(db))
+
+
+def test_a_receiver_that_does_not_answer_costs_one_timeout_per_slot_not_one_per_event(
+    db: Database, fast: Settings, hanging: HangingReceiver
+) -> None:
+    settings = fast.model_copy(
+        update={"webhooks_timeout": 0.3, "webhooks_per_sink": 1, "webhooks_backoff_seconds": 60.0}
+    )
+    add_sink(db, settings, hanging.url, "*")
+    for i in range(10):
+        record_event(db, "node.update", n=i)
+    worker = WebhookWorker(db, settings)
+    try:
+        step_until(worker, lambda: any(d.last_error for d in deliveries(db)))
+        step_until(worker, lambda: not worker.inflight)
+    finally:
+        worker.close()
+    tried = [d for d in deliveries(db) if d.attempts]
+    untried = [d for d in deliveries(db) if not d.attempts]
+    assert len(tried) == 1 and tried[0].last_error == "no answer within 0.3 s"
+    assert len(untried) == 9 and all(d.status == "pending" and d.last_error is None for d in untried)
+    # handed back to wait out the same backoff as the one that was tried
+    assert all(abs((d.next_attempt_at - tried[0].next_attempt_at).total_seconds()) < 2 for d in untried)
+    assert len(hanging.accepted) == 1  # the other nine were never sent into the silence

@@ -217,7 +217,7 @@ def test_postgres_fan_out_waits_for_an_event_committed_out_of_order(
     (after,) = emit(pg_db, "node.delete")
     worker.fan_out()
     assert (sink_id, after) not in pending(pg_db)
-    worker.gap_seconds = 0.0
+    worker.fanout.gap_seconds = 0.0
     worker.fan_out()
     assert (sink_id, after) in pending(pg_db)
     worker.close()
