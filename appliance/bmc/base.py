@@ -26,7 +26,8 @@ T = TypeVar("T")
 PowerState = Literal["on", "off"]
 BootDevice = Literal["pxe", "disk"]
 BootMode = Literal["bios", "uefi"]
-POWER_ACTIONS = ("on", "off", "soft", "cycle", "reset")
+# netboot: network boot next time, then cycle (or power on) -- what re-provisioning a node needs
+POWER_ACTIONS = ("on", "off", "soft", "cycle", "reset", "netboot")
 BOOT_DEVICES: tuple[BootDevice, ...] = ("pxe", "disk")
 BOOT_MODES: tuple[BootMode, ...] = ("bios", "uefi")
 PRIVILEGES = ("user", "operator", "administrator")
@@ -318,7 +319,16 @@ class BMCDriver(ABC):
             "soft": self.soft_off,
             "cycle": self.power_cycle,
             "reset": self.reset,
+            "netboot": self.netboot,
         }[action]()
+
+    def netboot(self) -> None:
+        """One-time network boot, then a power cycle, or power-on for a machine that is off."""
+        self.set_boot_device("pxe")
+        if self.power_state() == "on":
+            self.power_cycle()
+        else:
+            self.power_on()
 
 
 def check_lan_args(

@@ -27,7 +27,7 @@ from appliance.cli.nodes import _find, node_group
 def node_power(
     cli: CliContext, action: str, node_refs: tuple[str, ...], workers: int, timeout: float, as_json: bool
 ) -> None:
-    """Power NODE... on, off, soft (ACPI off), cycle, reset, or read their status.
+    """Power NODE... on, off, soft (ACPI off), cycle, reset, netboot (PXE next, then cycle), or status.
 
     Nodes are handled in parallel; one dead BMC delays only its own node. Exits 1 if any failed.
     """

@@ -374,3 +374,20 @@ def test_power_state_service_records_states_until_stopped(
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_netboot_sets_pxe_then_cycles_a_running_machine_or_starts_a_stopped_one(farm: IPMISimFarm) -> None:
+    bmc = farm.bmcs[1]
+    driver = _driver(bmc)
+    driver.power_on()
+    driver.set_boot_device("disk")
+    log_before = (bmc.directory / "chassis.log").read_text()
+    driver.power("netboot")
+    calls = (bmc.directory / "chassis.log").read_text()[len(log_before) :].splitlines()
+    assert calls.index("set boot pxe") < calls.index("set power 0")  # PXE first, then the cycle
+    _eventually(lambda: "Chassis Power is on" in bmc.ipmitool("chassis", "power", "status"))
+    assert "Force PXE" in bmc.ipmitool("chassis", "bootparam", "get", "5")
+    driver.power_off()
+    driver.power("netboot")
+    assert bmc.power_file_state() == "on" and bmc.boot_file_device() == "pxe"
+    driver.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -126,3 +127,14 @@ def test_probe_finds_the_redfish_service_root_first(sushy: SushySim) -> None:
     assert isinstance(driver, RedfishDriver) and cache.get(target) is driver
     assert driver.power_state() in ("on", "off")
     cache.close()
+
+
+def test_password_stays_out_of_logs_at_debug_level(sushy: SushySim, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    driver = _driver(sushy, 3)
+    driver.power_state()
+    driver.get_boot_device()
+    with pytest.raises(BMCAuthError):
+        _driver(sushy, 3, password="wrong-Secret-77").power_state()
+    assert caplog.records, "sushy logs its requests at DEBUG: the check must see them"
+    assert sushy.password not in caplog.text and "wrong-Secret-77" not in caplog.text

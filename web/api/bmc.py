@@ -30,7 +30,7 @@ from web.context import kiln
 
 bp = Blueprint("bmc", __name__)
 
-PowerAction = Literal["on", "off", "soft", "cycle", "reset"]
+PowerAction = Literal["on", "off", "soft", "cycle", "reset", "netboot"]
 _ERRORS: dict[str, type[BMCError]] = {
     "BMCAuthError": BMCAuthError,
     "BMCUnreachable": BMCUnreachable,
@@ -43,7 +43,9 @@ class PowerQuery(Strict):
 
 
 class PowerIn(Strict):
-    action: PowerAction = Field(description="on, off (hard), soft (ACPI shutdown), cycle or reset")
+    action: PowerAction = Field(
+        description="on, off (hard), soft (ACPI shutdown), cycle, reset, or netboot (PXE next, then cycle)"
+    )
 
 
 class PowerOut(Out):
