@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from typing import cast as typed
 
 from sqlalchemy import ARRAY, Integer, Table, and_, any_, bindparam, cast, func, or_, select, update
@@ -64,8 +64,7 @@ class RoleInfo:
         return self.jig is not None and self.jig.name == "noop" and not self.inputs and not self.outputs
 
 
-@dataclass
-class Claimed:
+class Claimed(NamedTuple):  # a tuple: a batch creates a thousand of them
     id: int
     node_id: int
     role_id: int
@@ -131,6 +130,7 @@ class Annealer:
         self.inflight: dict[int, Future[Outcome]] = {}
         self.done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.roles: dict[int, RoleInfo] = {}
+        self._trivial_roles: frozenset[int] = frozenset()
         self.completed = 0
         self._roles_loaded = 0.0
         self._last_recover = 0.0
@@ -151,6 +151,7 @@ class Annealer:
                 rid: RoleInfo(rid, name, REGISTRY.get(jig), inputs or {}, outputs or {}, jig_data or {})
                 for rid, name, jig, inputs, outputs, jig_data in rows
             }
+        self._trivial_roles = frozenset(r.id for r in self.roles.values() if r.trivial)
         self._roles_loaded = time.monotonic()
 
     def _role_ids(self, inline: bool) -> list[int]:
@@ -259,8 +260,9 @@ class Annealer:
 
     def run_inline(self, claimed: Sequence[Claimed]) -> tuple[list[Outcome], list[int]]:
         """Run inline jigs here; node-roles of trivial roles are just listed (their result is known)."""
-        trivial = [c.id for c in claimed if self.roles[c.role_id].trivial]
-        rest = [c for c in claimed if not self.roles[c.role_id].trivial]
+        easy = self._trivial_roles
+        trivial = [c.id for c in claimed if c.role_id in easy]
+        rest = [c for c in claimed if c.role_id not in easy]
         inputs = self._inputs(rest) if rest else {}
         return [self._run_one(c, inputs[c.id], self._context(c)) for c in rest], trivial
 
