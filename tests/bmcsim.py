@@ -89,6 +89,26 @@ def fru_blob(manufacturer: str, product: str, serial: str) -> bytes:
     return header + body
 
 
+def sdr_temperature(number: int, name: str) -> bytes:
+    """A Full Sensor Record (IPMI 2.0 §43.1) for a threshold temperature sensor: unsigned, degrees C,
+    linear with M=1 and B=0, so the raw byte ipmi_sim is given is the reading."""
+    text = name.encode()[:16]
+    body = bytes(
+        [
+            0x20, 0x00, number,  # owner: the BMC, LUN 0, sensor number
+            0x03, 0x01,  # entity: processor 1
+            0x7F, 0x68, 0x01, 0x01,  # initialisation, capabilities, type temperature, threshold
+            0, 0, 0, 0, 0, 0,  # event and threshold masks
+            0x00, 0x01, 0x00,  # units: unsigned, degrees C, no modifier
+            0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,  # linear, M=1, B=0, accuracy, exponents
+            0x00, 0x00, 0x00, 0x00, 0xFF, 0x00,  # flags, nominal, normal max/min, sensor max/min
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00,  # thresholds, hysteresis, reserved, OEM
+            0xC0 | len(text),
+        ]
+    ) + text  # fmt: skip
+    return bytes([0x00, 0x00, 0x51, 0x01, len(body)]) + body
+
+
 @dataclass
 class SimBMC:
     """One ipmi_sim instance."""
@@ -105,6 +125,8 @@ class SimBMC:
     # power-on (and kills it on power-off); the VM's ipmi-bmc-extern connects to vm_serial_port
     vm_startcmd: str | None = None
     vm_serial_port: int | None = None
+    # temperature sensors (name: degrees C) in its SDR repository
+    sensors: dict[str, int] = field(default_factory=lambda: {"CPU Temp": 45})
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -163,12 +185,20 @@ class SimBMC:
             f"{extra_lan_conf}\n"
         )
         fru = fru_blob("Kiln Lab", "SimNode", f"SN-{self.name}")
+        mask = "0" * 15
         (self.directory / "bmc.emu").write_text(
             "mc_setbmc 0x20\n"
             "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
             f"mc_add_fru_data 0x20 0 {len(fru)} data {' '.join(f'0x{b:02x}' for b in fru)}\n"
             "sel_enable 0x20 1000 0x0a\n"
-            "mc_enable 0x20\n"
+            + "".join(
+                f"sensor_add 0x20 0 {n} 0x01 0x01\n"
+                f"main_sdr_add 0x20 {' '.join(f'0x{b:02x}' for b in sdr_temperature(n, name))}\n"
+                f"sensor_set_event_support 0x20 0 {n} enable scanning per-state {mask} {mask} {mask} {mask}\n"
+                f"sensor_set_value 0x20 0 {n} {value} 0\n"
+                for n, (name, value) in enumerate(self.sensors.items(), start=1)
+            )
+            + "mc_enable 0x20\n"
             f"{extra_emu}\n"
         )
 

@@ -171,6 +171,8 @@ def test_inventory_reads_fru_device_id_and_guid(farm: IPMISimFarm) -> None:
     assert (inv.manufacturer, inv.product, inv.serial) == ("Kiln Lab", "SimNode", f"SN-{bmc.name}")
     assert inv.fru["device_id"]["manufacturer_id"] == 4753  # the 0x1291 of the emu file's mc_add
     assert inv.firmware == "9.08"
+    assert [(x["name"], x["value"], x["units"]) for x in inv.sensors] == [("CPU Temp", 45.0, "°C")]
+    assert "45 degrees C" in bmc.ipmitool("sdr", "list")
     # Get System GUID read by ipmitool, in the SMBIOS byte order dmidecode uses for the system UUID
     raw = bytes(int(b, 16) for b in bmc.ipmitool("raw", "0x06", "0x37").split())
     assert inv.guid == str(uuid.UUID(bytes_le=raw))
