@@ -352,3 +352,34 @@ def test_logout_ends_the_session(site: Site) -> None:
     client, token = site.client("readonly")
     client.post("/admin/logout", data={"csrf_token": token})
     assert client.get("/admin/nodes").status_code == 302
+
+
+def test_an_unexpected_error_is_a_page_with_a_request_id_not_a_traceback(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from web.admin import dashboard
+
+    def broken(_session: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(dashboard, "dashboard_context", broken)
+    client, _ = site.client("readonly")
+    answer = client.get("/admin/")
+    assert answer.status_code == 500
+    assert "Something went wrong" in answer.text and "request " in answer.text
+    assert "secret internals" not in answer.text and "Traceback" not in answer.text
+
+
+def test_bulk_power_reports_each_node_that_failed(site: Site) -> None:
+    client, token = site.client("operator")
+    ids = [str(i) for i in site.world.node_ids[:2]]
+    form = {"csrf_token": token, "action": "power-off", "node": ids, "confirm": "yes", "next": "/admin/nodes"}
+    answer = client.post("/admin/nodes/bulk", data=form, follow_redirects=True)
+    assert "power off: 0 done, 2 failed" in answer.text
+    assert "node rack1-n0.test has no BMC address" in answer.text
+    assert "node rack1-n1.test has no BMC address" in answer.text
+    with site.db.read_session() as s:
+        failed = s.scalars(
+            select(Event).where(Event.action == "node.power.off", Event.actor == "operator")
+        ).all()
+    assert len(failed) == 2
