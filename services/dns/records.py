@@ -6,7 +6,8 @@ Names (all lower-case, under settings.admin_domain):
   - a node's BMC (allocations of purpose `bmc`, and `nodes.bmc_address` when it is an IP address):
     `<node>-bmc.<domain>`, the suffix added to the first label (`n1-bmc.rack2.<domain>`);
   - allocations and reservations without a node, by their `hostname`;
-  - active DHCP leases by the hostname the client sent, only where no node/allocation/reservation
+  - reservations and active DHCP leases of a MAC that belongs to a node (node_macs): the node's name;
+  - other active leases by the hostname the client sent, only where no node/allocation/reservation
     already owns that name (a client must not be able to take over a node's name);
   - PTR for every address above, pointing at the first name that claimed it;
   - the apex: SOA and NS `ns.<domain>` with A/AAAA = settings.advertise_address.
@@ -27,7 +28,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.models import Allocation, Event, Lease, Network, Node, Reservation
+from appliance.models import Allocation, Event, Lease, Network, Node, NodeMac, Reservation
 
 TYPE_A, TYPE_NS, TYPE_SOA, TYPE_PTR, TYPE_AAAA = 1, 2, 6, 12, 28
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})$")
@@ -163,26 +164,38 @@ def load_zone(
         if name:
             claimed.append((name, address))
     claimed += bmc_claims
-    reservations = select(Reservation.node_id, Reservation.hostname, Reservation.address)
-    for reserved_for, hostname, address in session.execute(reservations.order_by(Reservation.id)):
-        name = None
-        if reserved_for is not None and node_names.get(reserved_for):
-            name = node_names[reserved_for]
-        elif hostname:
+    # A MAC that belongs to a node names the node's reservations and leases, whatever hostname the
+    # DHCP client sent: a discovered node is reachable by its name from its first lease on.
+    node_of_mac = {
+        mac.lower(): node_id for mac, node_id in session.execute(select(NodeMac.mac, NodeMac.node_id))
+    }
+    reservations = select(Reservation.node_id, Reservation.mac, Reservation.hostname, Reservation.address)
+    for reserved_for, mac, hostname, address in session.execute(reservations.order_by(Reservation.id)):
+        owner = reserved_for if reserved_for is not None else node_of_mac.get(mac.lower())
+        name = node_names.get(owner) if owner is not None else None
+        if not name and hostname:
             name = fqdn(hostname, domain)
         if name:
             claimed.append((name, address))
     _address_records(zone, claimed, owners)
 
     now = dt.datetime.now(dt.UTC)
+    taken_names = {n for n in node_names.values() if n}
+    taken_names |= {bmc_name(n) for n in taken_names}
     leased: list[tuple[str, str]] = []
-    leases = select(Lease.hostname, Lease.address, Lease.ends_at).where(
-        Lease.state == "active", Lease.hostname.is_not(None)
-    )
-    for hostname, address, ends_at in session.execute(leases.order_by(Lease.id)):
+    leases = select(Lease.mac, Lease.hostname, Lease.address, Lease.ends_at).where(Lease.state == "active")
+    for mac, hostname, address, ends_at in session.execute(leases.order_by(Lease.id)):
         ends = ends_at if ends_at.tzinfo else ends_at.replace(tzinfo=dt.UTC)
+        if ends <= now:
+            continue
+        owner = node_of_mac.get(mac.lower())
+        owner_name = node_names.get(owner) if owner is not None else None
+        if owner_name:
+            _address_records(zone, [(owner_name, address)], owners)
+            continue
+        # a client-chosen name never takes a name that a node, allocation or reservation owns
         name = fqdn(hostname or "", domain)
-        if name and ends > now and name not in zone.names:
+        if name and name not in zone.names and name not in taken_names:
             leased.append((name, address))
     _address_records(zone, leased, owners)
 

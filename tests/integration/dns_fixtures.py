@@ -15,7 +15,7 @@ from pathlib import Path
 from appliance import ipam
 from appliance.config import Settings
 from appliance.db import Database
-from appliance.models import Lease, Network, Node, Reservation
+from appliance.models import Lease, Network, Node, NodeMac, Reservation
 from services.dns.server import DnsServer
 
 
@@ -37,7 +37,7 @@ def seed_zone(db: Database) -> Seeded:
         hosts = ipam.make_range(s, admin, "hosts", "host", "10.9.0.10", "10.9.0.200")
         bmcs = ipam.make_range(s, bmc, "bmcs", "bmc", "10.10.0.10", "10.10.0.200")
         s.flush()
-        nodes = {name: Node(name=name) for name in ("n1", "n2", "big", "n3.rack2")}
+        nodes = {name: Node(name=name) for name in ("n1", "n2", "big", "n3.rack2", "disc")}
         nodes["n3.rack2"].bmc_address = "10.10.0.99"
         s.add_all(nodes.values())
         s.flush()
@@ -63,6 +63,17 @@ def seed_zone(db: Database) -> Seeded:
                 address="10.9.0.60",
                 address_int=int.from_bytes(socket.inet_aton("10.9.0.60"), "big"),
                 hostname="laptop",
+                ends_at=now + dt.timedelta(hours=1),
+            )
+        )
+        # a discovered node known only by its MAC: its dynamic lease carries no hostname
+        s.add(NodeMac(mac="52:54:00:00:00:04", node_id=nodes["disc"].id))
+        s.add(
+            Lease(
+                network_id=admin.id,
+                mac="52:54:00:00:00:04",
+                address="10.9.0.62",
+                address_int=int.from_bytes(socket.inet_aton("10.9.0.62"), "big"),
                 ends_at=now + dt.timedelta(hours=1),
             )
         )

@@ -114,6 +114,8 @@ def test_lease_and_reservation_hostnames_resolve_but_cannot_take_a_node_name(dns
     assert dig(dns.port, "laptop.kiln.lab", "+short").split() == ["10.9.0.60"]
     assert dig(dns.port, "printer.kiln.lab", "+short").split() == ["10.9.0.50"]
     assert dig(dns.port, "n1.kiln.lab", "+short").split() == ["10.9.0.11"]
+    # a discovered node's lease (no hostname sent) is named after the node that owns the MAC
+    assert dig(dns.port, "disc.kiln.lab", "+short").split() == ["10.9.0.62"]
 
 
 def test_other_names_are_forwarded_to_the_upstream(dns: RunningDns) -> None:

@@ -51,6 +51,8 @@ def test_zone_has_nodes_bmcs_reservations_leases_and_ptrs(db: Database) -> None:
     assert names["11.0.9.10.in-addr.arpa"] == {TYPE_PTR: ["n1.kiln.lab"]}
     assert names["11.0.10.10.in-addr.arpa"] == {TYPE_PTR: ["n1-bmc.kiln.lab"]}
     assert "61.0.9.10.in-addr.arpa" not in names
+    assert names["disc.kiln.lab"] == {TYPE_A: ["10.9.0.62"]}  # lease of a node's MAC, no hostname
+    assert names["62.0.9.10.in-addr.arpa"] == {TYPE_PTR: ["disc.kiln.lab"]}
     assert names["ns.kiln.lab"] == {TYPE_A: ["10.9.0.1"]}
     assert names["kiln.lab"] == {TYPE_NS: ["ns.kiln.lab"]}
     assert names["rack2.kiln.lab"] == {}  # empty non-terminal: NODATA, not NXDOMAIN
