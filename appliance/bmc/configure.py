@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance import ipam
+from appliance import events, ipam
 from appliance.bmc.base import BMCDriver, BMCTarget
 from appliance.bmc.credentials import set_node_bmc
 from appliance.bmc.probe import make_driver
@@ -118,9 +118,28 @@ def apply_bmc_plan(
     return after
 
 
+def security_findings(target: BMCTarget) -> tuple[str, ...]:
+    """What is weak about the BMC's transport (cipher suite 0, plain HTTP...); () when it cannot say."""
+    check = make_driver(target)
+    try:
+        return check.security().findings
+    except BMCError as exc:
+        log.info("bmc %s: security check failed: %s", target.describe(), exc.message)
+        return ()
+    finally:
+        check.close()
+
+
 def store_bmc_credentials(
-    session: Session, settings: Settings, node: Node, target: BMCTarget, *, actor: str = "system"
+    session: Session,
+    settings: Settings,
+    node: Node,
+    target: BMCTarget,
+    *,
+    findings: tuple[str, ...] = (),
+    actor: str = "system",
 ) -> None:
+    """Credentials encrypted on the node; a weak BMC is reported as a `node.bmc.weak` Event."""
     if target.driver == "redfish":
         address = target.base_url
         if target.system_id:
@@ -139,6 +158,17 @@ def store_bmc_credentials(
         driver=target.driver,
         actor=actor,
     )
+    if findings:
+        log.warning("bmc of %s is weak: %s", node.name, "; ".join(findings))
+        events.record(
+            session,
+            "node.bmc.weak",
+            subject_type="node",
+            subject_id=node.id,
+            actor=actor,
+            message=f"BMC of {node.name}: " + "; ".join(findings),
+            data={"findings": list(findings)},
+        )
 
 
 def configure_bmc(
@@ -159,5 +189,6 @@ def configure_bmc(
     """
     plan = plan_bmc_address(session, node, network, actor=actor)
     target = apply_bmc_plan(driver, plan, username=username, reachable_at=reachable_at)
-    store_bmc_credentials(session, settings, node, target, actor=actor)
+    findings = security_findings(target)
+    store_bmc_credentials(session, settings, node, target, findings=findings, actor=actor)
     return {"bmc_address": plan.address, "bmc_username": username, "bmc_driver": driver.name}

@@ -20,6 +20,7 @@ from appliance.bmc.configure import (
     apply_bmc_plan,
     new_password,
     plan_bmc_address,
+    security_findings,
     store_bmc_credentials,
 )
 from appliance.bmc.credentials import target_for_node
@@ -147,11 +148,14 @@ def configure(
                 f"node {node.name}: no BMC reachable out of band and discovery found none in band; "
                 "set its BMC address and credentials (kiln bmc set) or check the BMC is enabled"
             )
+        findings = security_findings(target)
         with db.session() as session:
             node = session.get(Node, ctx.node_id)
             if node is None:
                 raise JigError(f"node {ctx.node_id} is gone")
-            store_bmc_credentials(session, settings, node, target, actor=f"noderole:{ctx.id}")
+            store_bmc_credentials(
+                session, settings, node, target, findings=findings, actor=f"noderole:{ctx.id}"
+            )
     except JigError:
         raise
     except KilnError as exc:

@@ -77,6 +77,8 @@ def test_configure_bmc_sets_address_and_kiln_user_and_stores_them_encrypted(
         allocation = session.scalar(select(Allocation).where(Allocation.node_id == node_id))
         assert allocation is not None and (allocation.address, allocation.purpose) == ("10.90.0.10", "bmc")
         texts = [repr(e.data) + e.message for e in session.scalars(select(Event))]
+        weak = session.scalars(select(Event).where(Event.action == "node.bmc.weak")).all()
+        assert len(weak) == 1 and "cipher suite 0" in weak[0].message  # ipmi_sim offers it
     # the stored password is the BMC's: the real client logs in with it
     as_kiln = SimBMC(name="kiln", port=bmc.port, directory=bmc.directory, username="kiln", password=password)
     assert "Chassis Power" in as_kiln.ipmitool("chassis", "power", "status")
