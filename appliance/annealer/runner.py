@@ -31,6 +31,7 @@ from typing import cast as typed
 from sqlalchemy import ARRAY, Integer, Table, and_, any_, bindparam, cast, func, or_, select, update
 
 from appliance.annealer import states
+from appliance.annealer.barclamps import SCHEMA_TYPES
 from appliance.annealer.bulk import dialect_of, ids_value, in_ids, insert_rows
 from appliance.annealer.injection import Inputs, gather_inputs
 from appliance.db import Database
@@ -90,9 +91,22 @@ def annealer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def check_types(kind: str, specs: Mapping[str, Mapping[str, Any]], values: Mapping[str, Any]) -> None:
+    """Values against the declared schema types; a mismatch fails the run before (inputs) or after it."""
+    for name, value in values.items():
+        expected = (specs.get(name) or {}).get("schema", {}).get("type")
+        if value is None or expected not in SCHEMA_TYPES:
+            continue
+        if not isinstance(value, SCHEMA_TYPES[expected]) or (
+            expected in ("integer", "number") and isinstance(value, bool)
+        ):
+            raise JigError(f"{kind} {name}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
 def execute_jig(role: RoleInfo, ctx: NodeRoleContext, inputs: Inputs) -> tuple[dict[str, Any], str]:
     """Run one jig; outputs not declared by the role are dropped (and said so in the log)."""
     assert role.jig is not None
+    check_types("input", role.inputs, inputs.to_dict())
     role.jig.validate(ctx, inputs)
     outputs = dict(role.jig.run(ctx, inputs))
     runlog = str(outputs.pop("_log", ""))
@@ -100,6 +114,10 @@ def execute_jig(role: RoleInfo, ctx: NodeRoleContext, inputs: Inputs) -> tuple[d
     if extra:
         runlog += f"\nundeclared outputs dropped: {', '.join(extra)}"
         outputs = {k: v for k, v in outputs.items() if k in role.outputs}
+    try:
+        check_types("output", role.outputs, outputs)
+    except JigError as exc:
+        raise JigError(exc.message, log=runlog) from exc
     return outputs, runlog
 
 

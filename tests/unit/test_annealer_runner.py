@@ -244,3 +244,18 @@ def test_retryable_error_backs_off_and_stops_at_the_limit(db: Database, tmp_path
     assert [r.status for r in runs] == ["error"] * 3
     gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in itertools.pairwise(runs)]
     assert gaps[0] >= 0.04 and gaps[1] >= 0.09  # 0.05 s, then 0.1 s of backoff
+
+
+def test_an_input_of_the_wrong_declared_type_fails_the_run_before_the_jig(
+    db: Database, tmp_path: Path
+) -> None:
+    load(db, tmp_path, "roles:\n  - {name: typed, inputs: {port: {schema: {type: integer}}}}\n")
+    node = make_nodes(db, 1, discovery={"port": "eighty"})[0]
+    with db.session() as session:
+        deployment = deployments.create(session, "d")
+        deployments.add_nodes(session, deployment, [node], ["typed"])
+        deployments.commit(session, deployment)
+    anneal(db)
+    typed = node_role(db, "n0.test", "typed")
+    assert typed.state == "error"
+    assert "input port: expected integer, got str 'eighty'" in typed.runlog
