@@ -105,6 +105,7 @@ def change_marker(session: Session) -> tuple[Any, ...]:
             select(func.max(model.updated_at)).scalar_subquery(),
         ]
     subqueries += [
+        select(func.count()).select_from(NodeMac).scalar_subquery(),
         select(func.count()).select_from(Lease).scalar_subquery(),
         select(func.max(Lease.id)).scalar_subquery(),
         select(func.max(Lease.starts_at)).scalar_subquery(),
