@@ -296,6 +296,42 @@ class IPMISimFarm:
             bmc.stop()
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1, as a BMC ships (self-signed)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bmc.sim")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "bmc.crt", directory / "bmc.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 @dataclass
 class SushySim:
     """One `sushy-emulator --fake` with N fake systems behind HTTP basic auth (bcrypt htpasswd)."""
@@ -305,11 +341,12 @@ class SushySim:
     password: str = field(default_factory=lambda: secrets.token_hex(6))
     port: int = 0
     uuids: list[str] = field(default_factory=list)
+    tls: bool = False  # serve HTTPS with a fresh self-signed certificate
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def system_url(self, index: int) -> str:
         return f"{self.url}/redfish/v1/Systems/{self.uuids[index]}"
@@ -340,12 +377,16 @@ class SushySim:
             "SUSHY_EMULATOR_FAKE_DRIVER = True\n"
             f"SUSHY_EMULATOR_FAKE_SYSTEMS = {fakes!r}\n"
         )
+        tls_args: list[str] = []
+        if self.tls:
+            cert, key = self_signed_certificate(self.directory)
+            tls_args = ["--ssl-certificate", str(cert), "--ssl-key", str(key)]
         for _ in range(5):
             self.port = free_port(socket.SOCK_STREAM)
             log = (self.directory / "emulator.log").open("ab")
             self.process = subprocess.Popen(
                 [str(binary), "--config", str(self.directory / "emulator.conf"), "--fake",
-                 "-i", "127.0.0.1", "-p", str(self.port)],
+                 "-i", "127.0.0.1", "-p", str(self.port), *tls_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
             log.close()
@@ -357,7 +398,12 @@ class SushySim:
         )
 
     def _wait_ready(self, seconds: float) -> bool:
+        import ssl
         import urllib.request
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
 
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -365,7 +411,7 @@ class SushySim:
             if self.process.poll() is not None:
                 return False
             try:
-                with urllib.request.urlopen(self.url + "/redfish/v1/", timeout=1) as rsp:
+                with urllib.request.urlopen(self.url + "/redfish/v1/", timeout=1, context=context) as rsp:
                     if rsp.status == 200:
                         return True
             except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,3 +139,16 @@ def test_password_stays_out_of_logs_at_debug_level(sushy: SushySim, caplog: pyte
         _driver(sushy, 3, password="wrong-Secret-77").power_state()
     assert caplog.records, "sushy logs its requests at DEBUG: the check must see them"
     assert sushy.password not in caplog.text and "wrong-Secret-77" not in caplog.text
+
+
+def test_https_service_is_probed_first_and_its_tls_is_not_reported_weak(tmp_path: Path) -> None:
+    sim = SushySim(tmp_path / "tls", tls=True).start(systems=1, power_state="On")
+    try:
+        resolved = resolve(BMCTarget.parse(f"127.0.0.1:{sim.port}", sim.username, sim.password))
+        assert (resolved.driver, resolved.scheme) == ("redfish", "https")
+        driver = RedfishDriver(resolved)  # one system: no system id needed
+        assert driver.power_state() == "on"
+        assert driver.security().findings == ()
+        driver.close()
+    finally:
+        sim.stop()
