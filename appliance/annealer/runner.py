@@ -369,6 +369,19 @@ class Annealer:
         failed: set[int],
     ) -> None:
         columns = ("node_role_id", "status", "inputs", "outputs", "log", "started_at", "finished_at")
+        settled = active | failed
+        discarded = [o.node_role_id for o in outcomes if o.node_role_id not in settled]
+        discarded += [i for i in trivial if i not in settled]
+        if discarded:  # a node-role deleted while it ran keeps no run record (nor breaks the batch)
+            dialect = dialect_of(session)
+            existing = set(
+                session.scalars(
+                    select(nr_t.c.id).where(in_ids(nr_t.c.id, "ids", dialect)),
+                    {"ids": ids_value(discarded, dialect)},
+                )
+            )
+            outcomes = [o for o in outcomes if o.node_role_id in settled or o.node_role_id in existing]
+            trivial = [i for i in trivial if i in settled or i in existing]
         rows = [
             (
                 o.node_role_id,

@@ -11,6 +11,7 @@ import pytest
 from appliance.annealer import deployments, runlog
 from appliance.annealer.barclamps import load as load_dir
 from appliance.annealer.injection import Inputs, UndeclaredInput, merge_inputs
+from appliance.annealer.runner import Annealer
 from appliance.db import Database
 from appliance.jigs import REGISTRY, Jig, NodeRoleContext
 from tests.unit.annealer_world import anneal, load, make_nodes, node_role, runs_of, states, write_barclamp
@@ -259,3 +260,24 @@ def test_an_input_of_the_wrong_declared_type_fails_the_run_before_the_jig(
     typed = node_role(db, "n0.test", "typed")
     assert typed.state == "error"
     assert "input port: expected integer, got str 'eighty'" in typed.runlog
+
+
+def test_node_role_deleted_while_its_jig_runs_does_not_break_the_batch(db: Database, tmp_path: Path) -> None:
+    load(db, tmp_path, "roles:\n  - {name: slow, jig: test, jig_data: {sleep: 0.3}}\n")
+    nodes = make_nodes(db, 2)
+    with db.session() as session:
+        deployment = deployments.create(session, "d")
+        deployments.add_nodes(session, deployment, nodes, ["slow"])
+        deployments.commit(session, deployment)
+    annealer = Annealer(db, workers=2, lease_seconds=30)
+    try:
+        annealer.step()
+        assert len(annealer.inflight) == 2
+        doomed = node_role(db, "n0.test", "slow")
+        with db.session() as session:
+            deployments.remove_node_roles(session, [doomed.id])
+        annealer.wait_inflight(timeout=10)
+    finally:
+        annealer.close()
+    assert states(db) == {("n1.test", "slow"): "active"}
+    assert [r.status for r in runs_of(db, node_role(db, "n1.test", "slow").id)] == ["ok"]
