@@ -7,7 +7,9 @@ address) runs in another. For each rate of the ladder each server is started fre
 empty lease file) and perfdhcp asks for that many DORA exchanges per second, each from a new client.
 A rate is sustained when both exchanges (DISCOVER-OFFER, REQUEST-ACK) lose < 1 % of their packets.
 dnsmasq runs with --dhcp-lease-max raised (its default of 1,000 leases caps it) and --no-ping; Kiln
-fsyncs every ACKed lease before the ACK leaves. Prints each step, then the highest sustained rate of
+fsyncs every ACKed lease before the ACK leaves. (dnsmasq rewrites and fsyncs its whole lease file
+after a round of lease changes, in its one thread: with many new clients on a busy disk it stalls;
+with one client coming back, perfdhcp's default and LAB.md's figure, it writes nothing.) Prints each step, then the highest sustained rate of
 each server and the ratio.
 """
 
@@ -136,7 +138,9 @@ def run_dnsmasq(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rates", default="250,500,1000,2000,4000,6000,8000,10000,12000,14000,16000")
+    parser.add_argument(
+        "--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,10000,12000,14000,16000"
+    )
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument(
         "--clients",
