@@ -7,6 +7,8 @@ Create Date: 2026-11-26 07:00:00
 
 from __future__ import annotations
 
+from typing import Literal
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,7 +18,7 @@ branch_labels = None
 depends_on = None
 
 
-def _recreate() -> str:
+def _recreate() -> Literal["always", "auto"]:
     # SQLite's ADD COLUMN refuses a CURRENT_TIMESTAMP default: rebuild the table there, ALTER elsewhere
     return "always" if op.get_context().dialect.name == "sqlite" else "auto"
 
