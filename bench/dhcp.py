@@ -4,14 +4,15 @@
 
 Both servers run in one namespace on a veth pair; perfdhcp (which acts as a relay, from its own
 address) runs in another. For each rate of the ladder each server is started fresh (empty database,
-empty lease file) and perfdhcp asks for that many DORA exchanges per second, each from a new client.
+empty lease file) and perfdhcp asks for that many DORA exchanges per second (from one client or from
+new clients: --clients).
 A rate is sustained when both exchanges (DISCOVER-OFFER, REQUEST-ACK) lose < 1 % of their packets.
 dnsmasq runs with --dhcp-lease-max raised (its default of 1,000 leases caps it) and --no-ping; Kiln
 fsyncs every ACKed lease before the ACK leaves, up to 64 per fsync. dnsmasq, in its one thread,
 rewrites and fsyncs its whole lease file after nearly every new lease (strace here: 525 fsyncs for 585
 new leases), so with new clients on a busy disk it stalls; with one client coming back (perfdhcp's
-default -R 1, how LAB.md's figures were taken) it writes almost nothing (4 fsyncs for 800 DORAs). Prints each step, then the highest sustained rate of
-each server and the ratio.
+default -R 1, how LAB.md's figures were taken) it writes almost nothing (4 fsyncs for 800 DORAs).
+Prints each step, then the highest sustained rate of each server and the ratio, per scenario.
 """
 
 from __future__ import annotations
