@@ -108,6 +108,8 @@ def test_agent_registers_runs_a_script_reports_and_obeys_poweroff(
         node_id = _wait_for(registered)
         with sqlite_db.session() as s:
             agent_tasks.queue(s, node_id, "script", {"script": "echo from-kiln; echo to-stderr >&2; exit 3"})
+            # this host has no in-band BMC: the agent says so instead of failing silently
+            agent_tasks.queue(s, node_id, "bmc", {"address": "10.9.0.5", "netmask": "255.255.255.0"})
             agent_tasks.queue(s, node_id, "poweroff")
         out, _ = agent.communicate(timeout=60)
     finally:
@@ -120,8 +122,13 @@ def test_agent_registers_runs_a_script_reports_and_obeys_poweroff(
         assert node is not None and [m.mac for m in node.macs if m.primary] == [MAC]
         assert node.inventory["boot_mac"] == MAC
         tasks = list(s.scalars(select(AgentTask).order_by(AgentTask.id)))
-    assert [(t.kind, t.state, t.exit_code) for t in tasks] == [("script", "error", 3), ("poweroff", "ok", 0)]
+    assert [(t.kind, t.state, t.exit_code) for t in tasks] == [
+        ("script", "error", 3),
+        ("bmc", "error", 3),
+        ("poweroff", "ok", 0),
+    ]
     assert tasks[0].output == "from-kiln\nto-stderr"
+    assert "no /dev/ipmi0" in tasks[1].output
 
 
 def test_agent_keeps_retrying_while_kiln_is_unreachable_then_registers(
