@@ -1,9 +1,11 @@
 """Leases are durable: kill -9 the server in the middle of a perfdhcp run, restart it, and every ACK
-that left the server is in the database, with no address given to two clients."""
+that left the server is in the database, with no address given to two clients; on PostgreSQL too."""
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -13,9 +15,10 @@ from sqlalchemy import select
 
 from appliance.db import create_database
 from appliance.models import Lease
-from services.dhcp.packet import ACK, MalformedPacket, parse
-from tests.integration.dhcp_lab import KilnDhcp, seed_network
+from services.dhcp.packet import ACK, DISCOVER, REQUEST, MalformedPacket, parse
+from tests.integration.dhcp_lab import KilnDhcp, client_socket, collect, mac_for, request_packet, seed_network
 from tests.netns import Namespace, veth
+from tests.pgserver import PostgresServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("dhcp")]
 
@@ -98,3 +101,36 @@ def test_kill_9_during_perfdhcp_loses_no_acked_lease_and_gives_no_address_twice(
     for mac, addr in acks:
         owners.setdefault(addr, set()).add(mac)
     assert all(len(macs) == 1 for macs in owners.values()), "an address was ACKed to two clients"
+
+
+def test_leases_land_in_postgresql_when_kiln_runs_on_it(
+    tmp_path: Path, request: pytest.FixtureRequest, postgres: PostgresServer
+) -> None:
+    server = Namespace.create("kdps")
+    request.addfinalizer(server.delete)
+    client = Namespace.create("kdpc")
+    request.addfinalizer(client.delete)
+    veth(server, "eth0", client, "eth0")
+    server.address("eth0", "10.50.0.1/24")
+    client.address("eth0", "10.50.0.250/24")
+    url = postgres.create_database(f"kiln_dhcp_{os.getpid()}_{time.monotonic_ns()}")
+    db = create_database(url)
+    request.addfinalizer(db.dispose)
+    seed_network(db, "admin", "10.50.0.0/24", ("10.50.0.100", "10.50.0.199"), interface="eth0")
+    kiln = KilnDhcp(server, tmp_path, url, ["eth0"]).start()
+    request.addfinalizer(kiln.stop)
+    sock = client_socket(client, "eth0")
+    clients = 40
+    for n in range(clients):
+        sock.sendto(request_packet(DISCOVER, mac_for(n), n), ("255.255.255.255", 67))
+    offers = {p.chaddr: p.yiaddr for p, _src in collect(sock, clients, timeout=10)}
+    assert len(offers) == clients
+    for n, (mac, address) in enumerate(offers.items()):
+        opts = {54: bytes((10, 50, 0, 1)), 50: struct.pack("!I", address)}
+        sock.sendto(request_packet(REQUEST, mac, 100 + n, opts), ("255.255.255.255", 67))
+    acks = collect(sock, clients, timeout=10)
+    sock.close()
+    assert sorted(p.message_type for p, _src in acks) == [ACK] * clients
+    with db.read_session() as s:
+        rows = {addr: mac for mac, addr in s.execute(select(Lease.mac, Lease.address_int))}
+    assert rows == {address: mac.hex(":") for mac, address in offers.items()}
