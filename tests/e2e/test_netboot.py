@@ -62,12 +62,21 @@ def test_bios_vms_with_virtio_and_e1000_nics_are_discovered_with_their_hardware(
 
 def test_uefi_firmware_pxe_loads_ipxe_over_kiln_tftp_and_is_discovered(lab: NetbootLab) -> None:
     vm = lab.start_vm("uefi-pxe", memory_mib=512)
-    node = lab.wait_for_node(vm, timeout=240)
+    # OVMF's own PXE client must take Kiln's offer and fetch the loader over TFTP; should it refuse the
+    # offer it would fall back to UEFI HTTP boot minutes later, so the verdict is taken here, early
+    deadline = time.monotonic() + 120
+    while True:
+        console = vm.console_text()
+        if 'starting Boot0001 "UEFI PXEv4' in console:
+            break
+        assert 'failed to load Boot0001 "UEFI PXEv4' not in console, (
+            "OVMF's PXE refused Kiln's DHCP answer:\n" + console[-1500:]
+        )
+        assert time.monotonic() < deadline, f"OVMF never started PXE:\n{console[-1500:]}"
+        time.sleep(0.2)
+    node = lab.wait_for_node(vm, timeout=180)
     _assert_hardware_matches(node, vm)
-    console = vm.console_text()
-    # OVMF's own PXE client fetched the loader over TFTP (not the UEFI HTTP boot fallback)
-    assert 'starting Boot0001 "UEFI PXEv4' in console, console[-2000:]
-    assert "iPXE initialising devices" in console
+    assert "iPXE initialising devices" in vm.console_text()
     lab.stop_vm(vm)
 
 
