@@ -197,10 +197,11 @@ def parse(data: bytes) -> Packet:
             options[code] = options.get(code, b"") + piece
         sname = sname if not overload[0] & 2 else b""
         file = file if not overload[0] & 1 else b""
-    for code, length in _FIXED_LENGTH.items():
-        fixed = options.get(code)
-        if fixed is not None and len(fixed) != length:
-            raise MalformedPacket(f"option {code} must be {length} bytes, not {len(fixed)}")
+    for code in _FIXED_LENGTH.keys() & options.keys():
+        if len(options[code]) != _FIXED_LENGTH[code]:
+            raise MalformedPacket(
+                f"option {code} must be {_FIXED_LENGTH[code]} bytes, not {len(options[code])}"
+            )
     message_type = options.get(OPT_MESSAGE_TYPE)
     if message_type is not None and not 1 <= message_type[0] <= 18:
         raise MalformedPacket(f"unknown DHCP message type {message_type[0]}")
@@ -229,17 +230,22 @@ def parse(data: bytes) -> Packet:
 def encode_options(options: dict[int, bytes], tail: bytes = b"") -> bytes:
     """Options in wire form, long values split into 255-byte pieces (RFC 3396), then `tail` (options
     already in wire form), then End."""
-    parts: list[bytes] = []
+    out = bytearray()
     for code, value in options.items():
-        if len(value) <= 255:
-            parts.append(bytes((code, len(value))) + value)
+        size = len(value)
+        if size <= 255:
+            out.append(code)
+            out.append(size)
+            out += value
             continue
-        for i in range(0, len(value), 255):
+        for i in range(0, size, 255):
             piece = value[i : i + 255]
-            parts.append(bytes((code, len(piece))) + piece)
-    parts.append(tail)
-    parts.append(b"\xff")
-    return b"".join(parts)
+            out.append(code)
+            out.append(len(piece))
+            out += piece
+    out += tail
+    out.append(OPT_END)
+    return bytes(out)
 
 
 def encode(packet: Packet, tail: bytes = b"") -> bytes:
