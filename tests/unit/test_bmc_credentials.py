@@ -81,7 +81,8 @@ def test_setting_credentials_records_an_event_without_the_password(
     assert PASSWORD not in caplog.text
 
 
-def test_bad_address_changes_nothing(db: Database, settings: Settings) -> None:
+def test_bad_address_changes_nothing(sqlite_db: Database, settings: Settings) -> None:
+    db = sqlite_db
     node_id = _node(db)
     with pytest.raises(InvalidInput) as caught, db.session() as session:
         node = session.get(Node, node_id)
@@ -95,7 +96,8 @@ def test_bad_address_changes_nothing(db: Database, settings: Settings) -> None:
         assert session.scalars(select(Event).where(Event.action == "node.bmc")).all() == []
 
 
-def test_node_without_credentials_has_no_target(db: Database, settings: Settings) -> None:
+def test_node_without_credentials_has_no_target(sqlite_db: Database, settings: Settings) -> None:
+    db = sqlite_db
     node_id = _node(db)
     with db.session() as session:
         node = session.get(Node, node_id)
