@@ -326,6 +326,9 @@ def test_run_tests_fails_when_pytest_collects_nothing() -> None:
         [
             str(REPO / "scripts/run-tests"),
             "--no-lint",
+            # the last -n wins: no workers to start for a run that selects nothing
+            "-n",
+            "0",
             "-k",
             "no_test_is_named_like_this",
             "tests/unit/test_layout.py",
