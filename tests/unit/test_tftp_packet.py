@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -80,7 +82,7 @@ def _check(raw: bytes) -> None:
     assert isinstance(result, packet.Request | packet.Data | packet.Ack | packet.Error | packet.OptionAck)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600))
 def test_any_bytes_parse_or_raise_malformed_packet(raw: bytes) -> None:
     _check(raw)
@@ -97,17 +99,13 @@ _VALID = [
 ]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.sampled_from(_VALID),
-    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
-    st.integers(0, 200),
-)
-def test_mutated_valid_packets_parse_or_raise_malformed_packet(
-    base: bytes, flips: list[tuple[int, int]], cut: int
-) -> None:
-    raw = bytearray(base)
-    for pos, value in flips:
-        if raw:
-            raw[pos % len(raw)] = value
-    _check(bytes(raw[: len(raw) - cut % (len(raw) + 1)]))
+# Each example mutates its base packet 50 times with a Random seeded by hypothesis: 15,000 mutated
+# packets in about a second (drawing every flip through hypothesis cost ~10 ms an example here).
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_VALID), st.integers(0, 2**64).map(random.Random))
+def test_mutated_valid_packets_parse_or_raise_malformed_packet(base: bytes, rnd: random.Random) -> None:
+    for _ in range(50):
+        raw = bytearray(base)
+        for _ in range(rnd.randrange(1, 7)):
+            raw[rnd.randrange(len(raw))] = rnd.randrange(256)
+        _check(bytes(raw[: rnd.randrange(len(raw) + 1)]))
