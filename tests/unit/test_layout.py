@@ -305,6 +305,9 @@ def test_vagrantfile_declares_an_admin_box_and_two_pxe_nodes(tmp_path: Path) -> 
         if "libvirt__network_name" in net["kwargs"]:
             assert net["kwargs"]["libvirt__network_name"] == "kiln-pxe"
             assert net["kwargs"]["libvirt__dhcp_enabled"] == "false", "only Kiln may serve DHCP there"
+    # each node has one NIC per provider, on the PXE network, never configured by Vagrant
+    node_nics = [n for n in networks if n["path"].startswith("config.vm.define[node")]
+    assert len(node_nics) == 4 and all(n["kwargs"]["auto_config"] == "false" for n in node_nics), node_nics
     provision = [c for c in log if c["call"] == "provision"]
     assert provision and "scripts/install-appliance" in provision[0]["kwargs"]["inline"]
     inline = provision[0]["kwargs"]["inline"]
