@@ -78,7 +78,7 @@ def _serial(commands: list[list[str]]) -> float:
 
 
 def _line(label: str, seconds: float, count: int) -> None:
-    print(f"  {label:<38} {seconds:8.3f} s   {count / seconds:9.1f} calls/s")
+    print(f"  {label:<44} {seconds:8.3f} s   {count / seconds:9.1f} calls/s")
 
 
 def main() -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from pydantic import Field
 
 from appliance import nodes
 from appliance.bmc.credentials import set_node_bmc
 from appliance.bmc.power import PowerResult, power_nodes
+from appliance.bmc.probe import DriverCache
 from appliance.errors import (
     BMCAuthError,
     BMCError,
@@ -75,6 +76,12 @@ class BmcOut(Out):
     version: int
 
 
+def _drivers() -> DriverCache:
+    """This app's BMC sessions, kept across requests: one session per BMC, not one per API call."""
+    cache: DriverCache = current_app.extensions.setdefault("kiln_bmc_drivers", DriverCache())
+    return cache
+
+
 def _power_out(node: Node, result: PowerResult | None = None) -> PowerOut:
     return PowerOut(
         node_id=node.id,
@@ -90,7 +97,7 @@ def _run(node_id: int, action: str) -> PowerResult:
     with read_session() as s:
         nodes.get_node(s, node_id)  # 404 before any BMC traffic
     state = kiln()
-    (result,) = power_nodes(state.db, state.settings, [node_id], action, actor=actor())
+    (result,) = power_nodes(state.db, state.settings, [node_id], action, cache=_drivers(), actor=actor())
     if not result.ok:
         message = result.error or "BMC operation failed"
         if result.error_kind in _ERRORS:
