@@ -357,6 +357,12 @@ def test_cli_powers_many_nodes_and_reports_the_failed_one(
     assert kiln("bmc", "boot", "c1", "pxe").exit_code == 0
     assert "Force PXE" in farm.bmcs[1].ipmitool("chassis", "bootparam", "get", "5")
     assert kiln("node", "power", "status", "nosuchnode").exit_code == 1
+    probed = json.loads(kiln("bmc", "show", "c0", "--probe", "--json").output)
+    assert (probed["driver"], probed["power_state"]) == ("ipmi", "off")
+    inventory = json.loads(kiln("bmc", "inventory", "c0", "--json").output)
+    assert inventory["product"] == "SimNode" and inventory["sensors"][0]["name"] == "CPU Temp"
+    weak = kiln("bmc", "security", "c0")
+    assert weak.exit_code == 1 and "WEAK: cipher suite 0" in weak.output
 
 
 def test_power_state_service_records_states_until_stopped(
