@@ -35,12 +35,22 @@ def fix_pyghmi_wakeup_race() -> None:
         if _wakeup_fixed:
             return
         original = ipmi_session._io_wait
+        seen = threading.local()
 
         def io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> Any:
             if myaddr is not None and evq is None:
                 handlers = ipmi_session.Session.bmc_handlers.get(myaddr, {})
-                if any(sess.pktqueue for sess in list(handlers.values())):
+                queued = [sess.pktqueue[0] for sess in list(handlers.values()) if sess.pktqueue]
+                # once per queued packet and thread: a packet that belongs to another session on
+                # the same BMC (another user) must not make this caller spin. The packets
+                # themselves are kept, not their id(): a freed packet's id is soon reused.
+                last = getattr(seen, "last", None) or []
+                if queued and not (
+                    len(queued) == len(last) and all(a is b for a, b in zip(queued, last, strict=True))
+                ):
+                    seen.last = queued
                     return None
+            seen.last = None
             return original(timeout, myaddr, evq)
 
         ipmi_session._io_wait = io_wait
