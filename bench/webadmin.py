@@ -142,8 +142,27 @@ def main() -> None:
         reply = client.get("/api/v2/nodes?limit=50", headers={"Authorization": f"Bearer {api_token}"})
         api.append(time.perf_counter() - t0)
         assert reply.status_code == 200
+    others: dict[str, list[float]] = {}
+    with db.read_session() as s:
+        first_node = s.scalar(select(Node.id).order_by(Node.id))
+    for url_ in (
+        "/admin/",
+        f"/admin/nodes/{first_node}",
+        "/admin/deployments",
+        "/admin/deployments/2",
+        "/admin/events",
+    ):
+        others[url_] = []
+        for _ in range(max(3, args.rounds // 4)):
+            t0 = time.perf_counter()
+            reply = client.get(url_)
+            others[url_].append(time.perf_counter() - t0)
+            assert reply.status_code == 200, (url_, reply.status_code)
     print(f"{'page':48} {'p50 ms':>8} {'p95 ms':>8}")
     for url_, values in times.items():
+        print(f"{url_:48} {statistics.median(values) * 1000:8.1f} {percentile(values, 95) * 1000:8.1f}")
+    print("other pages (informational):")
+    for url_, values in others.items():
         print(f"{url_:48} {statistics.median(values) * 1000:8.1f} {percentile(values, 95) * 1000:8.1f}")
     p95 = percentile(every, 95)
     api_p95 = percentile(api, 95)

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
 
 from appliance.errors import NotFound
 from appliance.models import Deployment, Node, NodeRole, NodeRoleEdge, Role
 
 
-def deployment_graph(session: Session, deployment_id: int, *, node_roles: bool = True) -> dict[str, Any]:
+def deployment_graph(
+    session: Session, deployment_id: int, *, node_roles: bool = True, node_limit: int | None = None
+) -> dict[str, Any]:
+    """`node_limit`: node-roles of the first N nodes (by name) only, for a picture of a big deployment."""
     deployment = session.get(Deployment, deployment_id)
     if deployment is None:
         raise NotFound(f"deployment {deployment_id} not found")
@@ -54,17 +57,28 @@ def deployment_graph(session: Session, deployment_id: int, *, node_roles: bool =
     }
     if node_roles:
         child = aliased(NodeRole)
+        mine = NodeRole.deployment_id == deployment_id
+        child_mine = child.deployment_id == deployment_id
+        if node_limit is not None:
+            first = (
+                select(Node.id)
+                .where(Node.id.in_(select(NodeRole.node_id).where(mine)))
+                .order_by(Node.name)
+                .limit(node_limit)
+            )
+            mine = and_(mine, NodeRole.node_id.in_(first))
+            child_mine = and_(child_mine, child.node_id.in_(first))
         rows = session.execute(
             select(NodeRole.id, Node.name, Role.name, NodeRole.state, NodeRole.cohort)
             .join(Node, Node.id == NodeRole.node_id)
             .join(Role, Role.id == NodeRole.role_id)
-            .where(NodeRole.deployment_id == deployment_id)
+            .where(mine)
             .order_by(NodeRole.cohort, NodeRole.id)
         )
         edges = session.execute(
             select(NodeRoleEdge.parent_id, NodeRoleEdge.child_id)
             .join(child, child.id == NodeRoleEdge.child_id)
-            .where(child.deployment_id == deployment_id)
+            .where(child_mine)
         )
         graph["node_roles"] = {
             "nodes": [{"id": i, "node": n, "role": r, "state": s, "cohort": c} for i, n, r, s, c in rows],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from appliance.config import Settings
 from appliance.db import Database, create_database
@@ -373,13 +373,46 @@ def test_an_unexpected_error_is_a_page_with_a_request_id_not_a_traceback(
 def test_bulk_power_reports_each_node_that_failed(site: Site) -> None:
     client, token = site.client("operator")
     ids = [str(i) for i in site.world.node_ids[:2]]
+    with site.db.read_session() as s:
+        before = s.scalar(select(func.max(Event.id))) or 0
     form = {"csrf_token": token, "action": "power-off", "node": ids, "confirm": "yes", "next": "/admin/nodes"}
     answer = client.post("/admin/nodes/bulk", data=form, follow_redirects=True)
     assert "power off: 0 done, 2 failed" in answer.text
     assert "node rack1-n0.test has no BMC address" in answer.text
     assert "node rack1-n1.test has no BMC address" in answer.text
     with site.db.read_session() as s:
-        failed = s.scalars(
-            select(Event).where(Event.action == "node.power.off", Event.actor == "operator")
-        ).all()
+        failed = s.scalars(select(Event).where(Event.action == "node.power.off", Event.id > before)).all()
     assert len(failed) == 2
+
+
+def test_node_page_shows_the_last_runs_of_every_node_role(site: Site) -> None:
+    client, _ = site.client("readonly")
+    node_id = site.world.node_ids[1]
+    with site.db.read_session() as s:
+        busy, quiet = s.scalars(
+            select(NodeRole.id).where(NodeRole.node_id == node_id).order_by(NodeRole.id)
+        ).all()
+    for _ in range(130):
+        add_run(site.db, busy)
+    add_run(site.db, quiet, status="error")
+    page = client.get(f"/admin/nodes/{node_id}").text
+    quiet_part = page[page.index(f'data-node-role="{quiet}"') :]
+    assert "· error ·" in quiet_part.split("</tr>")[0]
+    assert page.count("ran fine") == 4  # three runs of the busy one, the quiet one's single run
+
+
+def test_a_big_deployment_draws_the_first_nodes_and_says_how_many_more(fresh_site: Site) -> None:
+    from tests.unit.annealer_world import make_nodes
+
+    ids = make_nodes(fresh_site.db, 45, prefix="bulk")
+    client, token = fresh_site.client("operator")
+    client.post("/admin/deployments", data={"name": "big", "csrf_token": token})
+    with fresh_site.db.read_session() as s:
+        big = s.scalar(select(Deployment.id).where(Deployment.name == "big"))
+    names = ",".join(str(i) for i in ids)
+    client.post(
+        f"/admin/deployments/{big}/nodes", data={"nodes": names, "roles": "web-base", "csrf_token": token}
+    )
+    page = client.get(f"/admin/deployments/{big}").text
+    assert page.count('class="nr"') == 40
+    assert "+5 more nodes" in page

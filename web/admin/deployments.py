@@ -18,7 +18,7 @@ from appliance.annealer.graph import deployment_graph
 from appliance.bmc.power import resolve_nodes
 from appliance.errors import InvalidInput
 from appliance.models import Deployment, DeploymentRole, Node, NodeRole, Role
-from web.admin.graph_svg import render_graph
+from web.admin.graph_svg import MAX_ROWS, render_graph
 from web.admin.guard import action, done, page
 from web.admin.rendering import render
 from web.api.access import Caller
@@ -63,7 +63,7 @@ def deployment_list() -> str:
 
 def deployment_context(session: Session, deployment_id: int) -> dict[str, Any]:
     deployment = deployment_ops.get_deployment(session, deployment_id)
-    graph = deployment_graph(session, deployment.id)
+    graph = deployment_graph(session, deployment.id, node_limit=MAX_ROWS)
     bound = list(
         session.scalars(
             select(Role.name)
@@ -84,7 +84,7 @@ def deployment_context(session: Session, deployment_id: int) -> dict[str, Any]:
     return {
         "deployment": deployment,
         "graph": graph,
-        "svg": render_graph(graph),
+        "svg": render_graph(graph, node_total=len(per_node)),
         "bound_roles": bound,
         "all_roles": list(session.scalars(select(Role.name).order_by(Role.cohort, Role.name))),
         "per_node": list(per_node.items())[:MAX_NODE_ROWS],

@@ -3,7 +3,9 @@
 Input is appliance.annealer.graph.deployment_graph() as is. Columns are roles in cohort order (so
 `requires` edges run left to right, drawn as arcs between the column heads); rows are nodes; each
 cell is the node-role, coloured by state, with its own parent edges drawn behind the cells. Past
-MAX_ROWS nodes the picture says how many it left out: the table below it lists every node.
+MAX_ROWS nodes the picture says how many it left out (the page asks deployment_graph for the first
+MAX_ROWS nodes only, so a 5,000-node deployment costs no more to draw than a 40-node one); the table
+below it lists the nodes.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _role_head(out: list[str], col: int, role: dict[str, Any]) -> None:
     out.append("</g>")
 
 
-def render_graph(graph: dict[str, Any]) -> Markup:
+def render_graph(graph: dict[str, Any], node_total: int | None = None) -> Markup:
+    """`node_total`: how many nodes the deployment has when `graph` holds only the first ones."""
     roles = graph["roles"]["nodes"]
     col_of = {r["id"]: i for i, r in enumerate(roles)}
     name_col = {r["name"]: i for i, r in enumerate(roles)}
@@ -114,7 +117,8 @@ def render_graph(graph: dict[str, Any]) -> Markup:
                 'stroke-width="1.2"/>'
             )
     out.extend(cells)
-    out.append(_legend(node_roles["nodes"], height - 16, len(node_names) - len(shown)))
+    hidden = (node_total if node_total is not None else len(node_names)) - len(shown)
+    out.append(_legend(node_roles["nodes"], height - 16, hidden))
     out.append("</svg>")
     return Markup("".join(out))
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from flask import Blueprint, request, url_for
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
@@ -42,12 +42,17 @@ def _node_roles(session: Session, node_id: int) -> list[dict[str, Any]]:
         .order_by(NodeRole.cohort, Role.name, NodeRole.id)
     ).all()
     ids = [nr.id for nr, *_ in rows]
+    # the last few runs of each node-role, whatever the others ran: one query with a window
+    rank = func.row_number().over(partition_by=Run.node_role_id, order_by=Run.id.desc()).label("rank")
+    recent = select(Run.id, rank).where(Run.node_role_id.in_(ids)).subquery()
     runs: dict[int, list[Run]] = defaultdict(list)
     for run in session.scalars(
-        select(Run).where(Run.node_role_id.in_(ids)).order_by(Run.id.desc()).limit(RUNS_PER_ROLE * 40)
+        select(Run)
+        .join(recent, recent.c.id == Run.id)
+        .where(recent.c.rank <= RUNS_PER_ROLE)
+        .order_by(Run.id.desc())
     ):
-        if len(runs[run.node_role_id]) < RUNS_PER_ROLE:
-            runs[run.node_role_id].append(run)
+        runs[run.node_role_id].append(run)
     return [
         {"nr": nr, "role": role, "jig": jig, "deployment": dep, "runs": runs.get(nr.id, [])}
         for nr, role, jig, dep in rows
