@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -147,11 +148,10 @@ def test_serve_entry_point_installs_ipxe_loaders_and_chain_script(settings: Sett
     try:
         out = tmp_path / "out"
         url = f"tftp://127.0.0.1:{port}/"
-        for _ in range(50):  # the thread binds asynchronously: poll until it answers
-            result = _curl(url + "undionly.kpxe", out, 1468)
-            if result.returncode == 0:
-                break
-        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 20  # the thread binds asynchronously: poll until it answers
+        while (result := _curl(url + "undionly.kpxe", out, 1468)).returncode != 0:
+            assert time.monotonic() < deadline, result.stderr
+            time.sleep(0.05)
         assert out.read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
         assert _curl(url + "ipxe.efi", out, 1468).returncode == 0
         assert out.read_bytes() == Path("/usr/lib/ipxe/ipxe.efi").read_bytes()
