@@ -28,13 +28,11 @@ def _subnet() -> tuple[str, str]:
     return f"100.{second}.{third}.{fourth + 1}", f"100.{second}.{third}.{fourth + 2}"
 
 
-def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[Any]) -> None:
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[Any], log: Path) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"sshd exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-            )
+            raise RuntimeError(f"sshd exited with {proc.returncode}: {log.read_text()}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         if time.monotonic() > deadline:
@@ -60,7 +58,7 @@ def sshd_node(tmp: Path) -> Iterator[dict[str, Any]]:
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     ns = Namespace.create("sshn")
     host_if = unique("ksh")
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[Any] | None = None
     try:
         subprocess.run(
             ["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name],
@@ -71,8 +69,10 @@ def sshd_node(tmp: Path) -> Iterator[dict[str, Any]]:
         subprocess.run(["ip", "link", "set", host_if, "up"], check=True)
         ns.address("eth0", f"{node_ip}/30")
         ns.run(["ip", "link", "set", "eth0", "up"])
-        proc = ns.popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
-        _wait_port(node_ip, 22, 15, proc)
+        # a file, not a pipe: nobody drains a pipe, and a full one would stall sshd mid-test
+        with open(tmp / "sshd.log", "w") as log:
+            proc = ns.popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=log)
+        _wait_port(node_ip, 22, 15, proc, tmp / "sshd.log")
         yield {
             "host": node_ip,
             "port": 22,
