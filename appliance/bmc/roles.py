@@ -83,9 +83,11 @@ def _wait_for_task(db: Database, task_id: int, timeout: float) -> AgentTask:
 
 def _inband_script(plan: BmcPlan, username: str, password: str, channel: int = 1, uid: int = 2) -> str:
     """ipmitool on the node's /dev/ipmi0: static address, then the Kiln user in slot `uid` (the first
-    non-anonymous slot, usually the factory admin, which Kiln takes over). A script task rather than
-    the agent's `bmc` task kind: that one runs `set -e` in the agent's own shell, and in the e2e test
-    the agent exited right after receiving it, leaving the task unanswered."""
+    non-anonymous slot, usually the factory admin, which Kiln takes over). Sent as a script task, so
+    the exact sequence, its `set -e` and the password scrubbing afterwards live here; the agent's own
+    `bmc` task kind once ran `set -e` in the agent's shell and ended the agent (fixed in the agent
+    since), which is what the e2e test first hit.
+    """
     gateway = f"ipmitool lan set {channel} defgw ipaddr {plan.gateway}\n" if plan.gateway else ""
     return (
         "set -e\n"
