@@ -198,3 +198,15 @@ def test_wildcard_bind_answers_from_the_address_that_was_asked(
             "192.0.2.7"
         ]
         assert "10.9.0.11" in dig(running.port, "n1.kiln.lab", "+short", "+tcp", server="127.0.0.2")
+
+
+def test_ipv6_bind_answers_over_udp_and_tcp(
+    zone_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_CONFIG", str(tmp_path / "absent.toml"))
+    settings = Settings(state_dir=tmp_path, dns_bind="::1", dns_port=0)
+    for running in run_dns(settings, zone_db):
+        assert dig(running.port, "n2.kiln.lab", "AAAA", "+short", server="::1").split() == ["fd00:9::12"]
+        assert dig(running.port, "n1.kiln.lab", "+short", "+tcp", server="::1").split() == ["10.9.0.11"]
+        # ::1 is outside every served network and the allow list
+        assert _status(dig(running.port, "upstream.example.test", server="::1")) == "REFUSED"
