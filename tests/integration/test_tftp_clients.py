@@ -15,7 +15,7 @@ import pytest
 
 from appliance.config import Settings
 from services.tftp import server as tftp_server
-from tests.integration.tftp_fixtures import RunningTftp, running_tftp
+from tests.integration.tftp_fixtures import RunningTftp, running_tftp, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,3 +161,15 @@ def test_serve_entry_point_installs_ipxe_loaders_and_chain_script(settings: Sett
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_ipv6_bind_serves_curl(tftp: RunningTftp, tmp_path: Path) -> None:
+    server, stop, thread = start_server(tftp.root, "::1")
+    try:
+        out = tmp_path / "out"
+        result = _curl(f"tftp://[::1]:{server.port}/undionly.kpxe", out, 1468)
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == tftp.files["undionly.kpxe"]
+    finally:
+        stop.set()
+        thread.join(5)
