@@ -167,6 +167,7 @@ class NetbootLab:
         memory_mib: int = 512,
         disks: tuple[int, ...] = (1 << 30,),
         mac: str | None = None,
+        bmc: bool = False,
     ) -> VM:
         firmware, nic = KINDS[kind]
         number = next(_mac_numbers)
@@ -194,6 +195,9 @@ class NetbootLab:
             ]  # fmt: skip
             nic_args += ",romfile="  # no iPXE ROM: the firmware's own PXE client boots
         argv += ["-device", nic_args]
+        if bmc:
+            # QEMU's own BMC simulator behind a KCS interface: the guest sees /dev/ipmi0 (in-band IPMI)
+            argv += ["-device", "ipmi-bmc-sim,id=bmc0", "-device", "isa-ipmi-kcs,bmc=bmc0"]
         disk_list = []
         for i, size in enumerate(disks):
             path = self.workdir / f"{name}.disk{i}.raw"
@@ -257,6 +261,14 @@ class NetbootLab:
                 self.kiln.wait()
         self.ns.delete()
         self.db.dispose()
+
+    def metric(self, name: str) -> float:
+        """A counter of `kiln serve`'s Prometheus endpoint inside the namespace (0 when absent)."""
+        text = self.ns.run(["curl", "-s", "http://127.0.0.1:9670/metrics"], check=False).stdout
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def kiln_log(self) -> str:
         return self.log_path.read_text(errors="replace")

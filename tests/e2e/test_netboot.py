@@ -53,11 +53,18 @@ def _assert_hardware_matches(node: Node, vm: VM) -> None:
 
 
 def test_bios_vms_with_virtio_and_e1000_nics_are_discovered_with_their_hardware(lab: NetbootLab) -> None:
-    virtio = lab.start_vm("bios-virtio", memory_mib=512, disks=(1 << 30, 3 << 29))
+    virtio = lab.start_vm("bios-virtio", memory_mib=512, disks=(1 << 30, 3 << 29), bmc=True)
     e1000 = lab.start_vm("bios-e1000", memory_mib=640, disks=(2 << 30,))
+    nodes = {}
     for vm in (virtio, e1000):
-        _assert_hardware_matches(lab.wait_for_node(vm, timeout=150), vm)
+        nodes[vm.kind] = lab.wait_for_node(vm, timeout=150)
+        _assert_hardware_matches(nodes[vm.kind], vm)
         lab.stop_vm(vm)
+    # the in-band BMC (QEMU's KCS BMC simulator) was found through /dev/ipmi0; the e1000 machine has none
+    assert nodes["bios-virtio"].inventory["bmc"]["present"] is True
+    assert nodes["bios-e1000"].inventory["bmc"]["present"] is False
+    # iPXE's IPv6 router solicitations were answered (no ~13 s autoconfiguration timeout per boot)
+    assert lab.metric("kiln_ra_advertisements_total") >= 1
 
 
 def test_uefi_firmware_pxe_loads_ipxe_over_kiln_tftp_and_is_discovered(lab: NetbootLab) -> None:
