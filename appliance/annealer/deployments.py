@@ -152,6 +152,7 @@ def add_nodes(
     if missing:
         raise NotFound(f"node {missing[0]} not found")
     _check_cluster_requirements(session, deployment, bound, roles)
+    _check_conflicts(session, bound, node_ids, roles)
     existing = set(
         session.execute(
             select(NodeRole.node_id, NodeRole.role_id).where(
@@ -208,6 +209,38 @@ def add_nodes(
         _commit_node_roles(session, deployment.id, actor=actor)
         reanneal(session, sorted(set(gained) - set(new_ids)), actor=actor, reason="new parent")
     return new_ids
+
+
+def _check_conflicts(
+    session: Session, bound: Sequence[Role], node_ids: Sequence[int], roles: Mapping[str, Role]
+) -> None:
+    """Two roles that may not share a node (either one's `conflicts` names the other) are refused."""
+    against: dict[str, set[str]] = {}
+    for role in roles.values():
+        for other in role.conflicts or []:
+            against.setdefault(role.name, set()).add(other)
+            against.setdefault(other, set()).add(role.name)
+    names = {r.name for r in bound}
+    for role in bound:
+        clash = sorted(against.get(role.name, set()) & names)
+        if clash:
+            raise Conflict(
+                f"roles {role.name} and {clash[0]} conflict: they may not share a node", field="roles"
+            )
+    wanted = {other for r in bound for other in against.get(r.name, set()) if other in roles}
+    if not wanted:
+        return
+    found = session.execute(
+        select(Node.name, Role.name)
+        .join(NodeRole, NodeRole.node_id == Node.id)
+        .join(Role, Role.id == NodeRole.role_id)
+        .where(Node.id.in_(node_ids), Role.name.in_(wanted))
+        .limit(1)
+    ).first()
+    if found is not None:
+        node, existing = found
+        name = next(r.name for r in bound if existing in against.get(r.name, set()))
+        raise Conflict(f"role {name} conflicts with role {existing} already on node {node}", field="roles")
 
 
 def _check_cluster_requirements(
@@ -373,6 +406,17 @@ def reanneal(session: Session, ids: Sequence[int], *, actor: str = "system", rea
     if not ids:
         return
     below = descendants(session, ids)
+    # destructive roles (OpenCrowbar: non-idempotent) run once: once active they are never re-run
+    keep = set(
+        session.scalars(
+            select(NodeRole.id)
+            .join(Role, Role.id == NodeRole.role_id)
+            .where(
+                NodeRole.id.in_([*ids, *below]), Role.destructive.is_(True), NodeRole.state == states.ACTIVE
+            )
+        )
+    )
+    ids, below = [i for i in ids if i not in keep], [i for i in below if i not in keep]
     for from_state in (states.ACTIVE, states.ERROR, states.TRANSITION, states.TODO):
         states.transition(
             session,

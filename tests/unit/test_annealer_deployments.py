@@ -141,3 +141,47 @@ def test_deployment_names_are_unique(world: Database) -> None:
         deployments.create(session, "d")
     with pytest.raises(Conflict), world.session() as session:
         deployments.create(session, "d")
+
+
+CONFLICTING = """\
+roles:
+  - {name: base}
+  - {name: mysql, requires: [base], conflicts: [postgres]}
+  - {name: postgres, requires: [base]}
+  - {name: wipe-disks, destructive: true, requires: [base], inputs: {raid: {default: r1}}}
+  - {name: after-wipe, requires: [wipe-disks]}
+"""
+
+
+def test_conflicting_roles_are_refused_naming_both(db: Database, tmp_path: Path) -> None:
+    load(db, tmp_path, CONFLICTING)
+    nodes = make_nodes(db, 2)
+    with db.session() as session:
+        deployment = deployments.create(session, "d")
+        deployments.add_nodes(session, deployment, nodes[:1], ["mysql"])
+        deployments.add_nodes(session, deployment, nodes[1:], ["postgres"])  # another node: fine
+    clash = r"role postgres conflicts with role mysql already on node n0\.test"
+    with pytest.raises(Conflict, match=clash), db.session() as session:
+        deployments.add_nodes(session, deployments.get_deployment(session, "d"), nodes[:1], ["postgres"])
+    fresh = make_nodes(db, 1, "x")
+    with pytest.raises(Conflict, match="roles mysql and postgres conflict"), db.session() as session:
+        deployments.add_nodes(session, deployments.create(session, "other"), fresh, ["mysql", "postgres"])
+
+
+def test_destructive_role_runs_once_and_is_never_reannealed(db: Database, tmp_path: Path) -> None:
+    load(db, tmp_path, CONFLICTING)
+    node = make_nodes(db, 1)[0]
+    with db.session() as session:
+        deployment = deployments.create(session, "d")
+        deployments.add_nodes(session, deployment, [node], ["after-wipe"])
+        deployments.commit(session, deployment)
+    anneal(db)
+    wipe = node_role(db, "n0.test", "wipe-disks")
+    base = node_role(db, "n0.test", "base")
+    with db.session() as session:
+        deployments.set_user_data(session, wipe.id, {"raid": "r10"})  # its own input changed
+        deployments.reanneal(session, [base.id])  # and its parent re-runs
+    anneal(db)
+    assert node_role(db, "n0.test", "wipe-disks").run_count == 1
+    assert node_role(db, "n0.test", "base").run_count == 2
+    assert set(states(db).values()) == {"active"}
