@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 SINK_RELOAD_SECONDS = 2.0
 PRUNE_SECONDS = 3600.0
 FAN_OUT_SECONDS = 0.2
-CHUNK = 25
+CHUNK = 100
 IDLE_MIN, IDLE_MAX = 0.02, 0.5
 
 deliveries_t = cast(Table, Delivery.__table__)
