@@ -77,20 +77,31 @@ def test_kill_9_during_perfdhcp_loses_no_acked_lease_and_gives_no_address_twice(
     kiln = KilnDhcp(server, tmp_path, db.url, ["eth0"], env={"KILN_ADVERTISE_ADDRESS": "10.50.0.1"}).start()
     request.addfinalizer(kiln.stop)
     sniffer = AckSniffer(client, "eth0")
-    # many distinct clients, some of them coming back (-R), for 8 s: the kill lands mid-run
-    perf = client.popen(
-        ["perfdhcp", "-4", "-l", "eth0", "-r", "1500", "-p", "8", "-R", "5000"],
-        stdout=(tmp_path / "perfdhcp.log").open("w"),
-    )
+    # many distinct clients, some of them coming back (-R): the kill lands mid-run
+    perfdhcp = ["perfdhcp", "-4", "-l", "eth0", "-r", "1500", "-R", "5000"]
+    perf = client.popen([*perfdhcp, "-p", "6"], stdout=(tmp_path / "perfdhcp.log").open("w"))
     request.addfinalizer(perf.kill)
     deadline = time.monotonic() + 4
     while len(sniffer.acks) < 1000 and time.monotonic() < deadline:
         time.sleep(0.02)
     kiln.kill()
-    before = len(sniffer.acks)
+    # ACKs already on the wire still arrive: wait until the count settles, then every one of them must
+    # be in the database before anything restarts (a restarted server could hand a lost address to
+    # the same client again and hide the loss)
+    settled = -1
+    while settled != len(sniffer.acks):
+        settled = len(sniffer.acks)
+        time.sleep(0.3)
+    before = settled
     assert before >= 200
-    kiln.start()
+    with db.read_session() as s:
+        committed = {addr: mac for mac, addr in s.execute(select(Lease.mac, Lease.address_int))}
+    lost = [(mac, addr) for mac, addr in sniffer.acks[:before] if committed.get(addr) != mac]
+    assert not lost, f"{len(lost)} ACKed leases were not committed when the server died, e.g. {lost[:3]}"
     perf.wait(timeout=60)
+    # restarted, the server reloads its leases; the same clients (and new ones) come back
+    kiln.start()
+    client.run([*perfdhcp, "-p", "2", "-W", "1000000"], check=False, timeout=60)
     acks = sniffer.stop()
     assert len(acks) > before + 200, "the restarted server answered too little"
     with db.read_session() as s:
