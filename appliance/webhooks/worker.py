@@ -31,12 +31,13 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter as Tally
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
+from prometheus_client import Counter, Histogram
 from sqlalchemy import CursorResult, Table, bindparam, delete, select, update
 
 from appliance.config import Settings
@@ -55,6 +56,13 @@ CHUNK = 100
 IDLE_MIN, IDLE_MAX = 0.02, 0.5
 
 deliveries_t = cast(Table, Delivery.__table__)
+
+ATTEMPTS = Counter(
+    "kiln_webhook_attempts_total",
+    "Webhook POST attempts by outcome: delivered, retry (will be tried again), failed (gave up)",
+    ["outcome"],
+)
+POST_SECONDS = Histogram("kiln_webhook_post_seconds", "Seconds one webhook POST took, answered or not")
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class WebhookWorker:
         self.done: queue.Queue[tuple[int, list[Result]]] = queue.Queue()
         self.wakeup = threading.Event()
         self.inflight: dict[int, Job] = {}
-        self.slots: Counter[int] = Counter()
+        self.slots: Tally[int] = Tally()
         self.sinks: dict[int, Sink] = {}
         self.delivered = 0
         self.failed = 0
@@ -278,6 +286,7 @@ class WebhookWorker:
                 untried.append({**row, "b_next": now + dt.timedelta(seconds=r.retry_in)})
                 continue
             status, next_at = "pending", now + dt.timedelta(seconds=self.backoff_for(r.job.attempt))
+            POST_SECONDS.observe(r.answer.seconds)
             if r.answer.ok:
                 status, next_at = "delivered", now
                 self.delivered += 1
@@ -285,6 +294,7 @@ class WebhookWorker:
                 status = "failed"
                 self.failed += 1
                 log.warning("delivery %d failed for good: %s", r.job.delivery_id, r.answer.error)
+            ATTEMPTS.labels("retry" if status == "pending" else status).inc()
             tried.append(
                 {
                     **row,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from appliance import events
@@ -67,6 +68,10 @@ def deliveries(db: Database) -> list[Delivery]:
         return list(s.scalars(select(Delivery).order_by(Delivery.id)))
 
 
+def attempts_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("kiln_webhook_attempts_total", {"outcome": outcome}) or 0.0
+
+
 def step_until(worker: WebhookWorker, done: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -81,6 +86,7 @@ def test_receiver_failing_twice_gets_the_event_on_the_third_attempt_signed(
     add_sink(db, fast, flaky.url, "node.create, noderole.*")
     event_id = record_event(db, "node.create", name="n1.test", password="hunter2")
     record_event(db, "user.login")  # not matched by the filter
+    before = {o: attempts_counted(o) for o in ("retry", "delivered")}
     worker = WebhookWorker(db, fast)
     try:
         step_until(worker, lambda: any(d.status == "delivered" for d in deliveries(db)))
@@ -103,6 +109,8 @@ def test_receiver_failing_twice_gets_the_event_on_the_third_attempt_signed(
 
     (delivery,) = deliveries(db)
     assert (delivery.event_id, delivery.status, delivery.attempts) == (event_id, "delivered", 3)
+    assert attempts_counted("retry") - before["retry"] == 2
+    assert attempts_counted("delivered") - before["delivered"] == 1
     assert delivery.last_status_code == 200 and delivery.last_error is None
 
 
