@@ -146,8 +146,10 @@ def request_packet(
     )
 
 
-def collect(sock: socket.socket, want: int, timeout: float) -> list[tuple[Packet, tuple[str, int]]]:
-    """DHCP replies received until `want` arrived or `timeout` passed."""
+def collect(
+    sock: socket.socket, want: int, timeout: float, xid: int | None = None
+) -> list[tuple[Packet, tuple[str, int]]]:
+    """DHCP replies (to transaction `xid`, if given) received until `want` arrived or `timeout` passed."""
     replies: list[tuple[Packet, tuple[str, int]]] = []
     deadline = time.monotonic() + timeout
     while len(replies) < want:
@@ -160,6 +162,6 @@ def collect(sock: socket.socket, want: int, timeout: float) -> list[tuple[Packet
         except TimeoutError:
             break
         packet = parse(data)
-        if packet.op == 2:
+        if packet.op == 2 and xid in (None, packet.xid):
             replies.append((packet, source))
     return replies

@@ -308,7 +308,7 @@ def test_known_node_gets_its_reservation_and_hostname_and_wrong_address_is_naked
     sock = client_socket(lab.client, "eth0")
     sock.sendto(request_packet(DISCOVER, mac_for(7), 1), ("255.255.255.255", 67))
     sock.sendto(request_packet(DISCOVER, mac_for(8), 2), ("255.255.255.255", 67))  # unknown: no reply
-    replies = collect(sock, 2, timeout=3)
+    replies = collect(sock, 2, timeout=1.5)
     assert len(replies) == 1
     offer = replies[0][0]
     assert offer.yiaddr == 0x0A32004D and offer.options[12] == b"node7"
