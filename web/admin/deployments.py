@@ -26,7 +26,7 @@ from web.context import kiln
 
 bp = Blueprint("deployments", __name__)
 
-MAX_NODE_ROWS = 500
+MAX_NODE_ROWS = 200
 
 
 def _state_counts(session: Session) -> dict[int, dict[str, int]]:
@@ -87,7 +87,8 @@ def deployment_context(session: Session, deployment_id: int) -> dict[str, Any]:
         "svg": render_graph(graph, node_total=len(per_node)),
         "bound_roles": bound,
         "all_roles": list(session.scalars(select(Role.name).order_by(Role.cohort, Role.name))),
-        "per_node": list(per_node.items())[:MAX_NODE_ROWS],
+        # sorted here, not with Jinja's |sort (which costs ~1 ms a call: 0.7 s for 500 rows)
+        "per_node": [(key, sorted(counts.items())) for key, counts in list(per_node.items())[:MAX_NODE_ROWS]],
         "node_total": len(per_node),
         "max_rows": MAX_NODE_ROWS,
     }
