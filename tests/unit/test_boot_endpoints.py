@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from appliance import bootloop
-from appliance.models import BootFetch, BootToken, Event, Node
+from appliance.models import Bootenv, BootFetch, BootToken, Event, Node
 from tests.unit.api_support import Api, sqlite_api_fixture  # noqa: F401  (fixtures)
 from tests.unit.discovery_support import inventory, register
 
@@ -148,3 +148,13 @@ def test_fetches_older_than_the_window_do_not_count_and_are_pruned(sqlite_api: A
     with sqlite_api.db.read_session() as s:
         assert len(list(s.scalars(select(BootFetch)))) == 1
         assert list(s.scalars(select(Event).where(Event.action == "node.boot_loop"))) == []
+
+
+def test_a_bootenv_row_overrides_the_shipped_kernel_arguments(sqlite_api: Api) -> None:
+    with sqlite_api.db.session() as s:
+        row = s.scalar(select(Bootenv).where(Bootenv.name == "discovery"))
+        assert row is not None
+        row.kernel_args = "console=ttyS1,57600 kiln.debug"
+    text = _script(sqlite_api, f"?mac={MAC}")
+    assert "initrd=initrd.img console=ttyS1,57600 kiln.debug kiln.url=" in text
+    assert "quiet" not in text
