@@ -163,6 +163,8 @@ class Lab:
         self.signal_name: str | None = None
         # stop() removes only what this lab built: never another lab's namespace or pid file
         self.built_network = False
+        self.web_error: str | None = None
+        self.discovery_error: str | None = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signal_name = signal.Signals(signum).name

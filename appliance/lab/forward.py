@@ -95,4 +95,5 @@ class TcpForwarder:
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             self._conns.clear()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # stop() also cleans up a forwarder that never started
+            self._thread.join(timeout=5)

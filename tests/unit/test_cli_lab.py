@@ -124,6 +124,14 @@ def test_the_forwarder_relays_both_ways_and_half_closes() -> None:
         upstream.close()
 
 
+def test_a_forwarder_that_never_started_stops_cleanly() -> None:
+    forwarder = TcpForwarder(("127.0.0.1", 0), ("127.0.0.1", 9))
+    port = forwarder.address[1]
+    forwarder.stop()
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # the port is free again
+
+
 def test_the_forwarder_refuses_a_port_in_use_with_a_clear_error() -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
