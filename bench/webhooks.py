@@ -140,7 +140,7 @@ def run(
     result = {"rate": expected / elapsed, "elapsed": elapsed, "deliveries": 0.0, "delivered": 0.0}
     if sink_url is not None:
         # a healthy receiver: wait (bounded) until everything is delivered; a dead one: count what is queued
-        wait = 120.0 if wait_delivered else 0.0
+        wait = 30.0 if wait_delivered else 0.0
         result.update(drain(db, deadline=time.perf_counter() + wait, start=start))
     stop.set()
     cpu = dict((name, seconds) for name, _, seconds in (out.get(timeout=60) for _ in procs))

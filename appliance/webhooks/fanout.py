@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy import CursorResult, Table, insert, select, update
 
 from appliance.db import Database
 from appliance.models import Delivery, Event, EventSink, utcnow
@@ -30,6 +30,10 @@ class Sink:
     secret: bytes
     patterns: tuple[str, ...]
     version: int
+
+
+sinks_t = cast(Table, EventSink.__table__)
+deliveries_t = cast(Table, Delivery.__table__)
 
 
 class FanOut:
@@ -63,38 +67,42 @@ class FanOut:
         upto = self._settled(low, [e[0] for e in events])
         if upto <= low:
             return 0
+        # rows are built before the write transaction: on SQLite the annealer waits for every moment
+        # it is held, longer still if this process is descheduled inside it
         now = utcnow()
+        plans: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+        for sink_id, last in cursors.items():
+            sink = sinks.get(sink_id)
+            if sink is None or last >= upto:
+                continue
+            rows = [
+                {
+                    "sink_id": sink_id,
+                    "event_id": event_id,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for event_id, action in events
+                if last < event_id <= upto and matches(sink.patterns, action)
+            ]
+            plans[sink_id] = (last, rows)
         with self.db.session() as session:
-            for sink_id, last in cursors.items():
-                sink = sinks.get(sink_id)
-                if sink is None or last >= upto:
-                    continue
+            for sink_id, (last, rows) in plans.items():
                 moved = cast(
                     CursorResult[Any],
                     session.execute(
-                        update(EventSink)
-                        .where(EventSink.id == sink_id, EventSink.last_event_id == last)
+                        update(sinks_t)
+                        .where(sinks_t.c.id == sink_id, sinks_t.c.last_event_id == last)
                         # the cursor is bookkeeping: it must not look like an operator's change
-                        .values(last_event_id=upto, updated_at=EventSink.updated_at)
-                        .execution_options(synchronize_session=False)
+                        .values(last_event_id=upto, updated_at=sinks_t.c.updated_at)
                     ),
                 ).rowcount
                 if not moved:
                     continue  # another worker moved this cursor first and fans these events out
-                rows = [
-                    {
-                        "sink_id": sink_id,
-                        "event_id": event_id,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                    }
-                    for event_id, action in events
-                    if last < event_id <= upto and matches(sink.patterns, action)
-                ]
                 if rows:
-                    session.execute(insert(Delivery), rows)
+                    session.execute(insert(deliveries_t), rows)
         return sum(1 for e in events if e[0] <= upto)
 
     def _settled(self, low: int, ids: Sequence[int]) -> int:

@@ -18,8 +18,9 @@ receiver thinks, and an annealer never waits on a receiver):
 4. **record**: 2xx → `delivered`; otherwise retried after `backoff * 2**(attempt-1)` seconds (capped)
    until `max_attempts`, then `failed`. Status code and error of the last attempt are kept.
 
-The fan-out writes at most every FAN_OUT_SECONDS (sooner while a full batch is waiting): on SQLite
-every write transaction takes the one write lock and an fsync, which the annealer needs too.
+The fan-out writes at most every FAN_OUT_SECONDS (sooner while a full batch is waiting), and less
+often (up to FAN_OUT_MAX) while its writes are slow: on SQLite every write transaction takes the one
+write lock and an fsync, which the annealer needs too.
 
 Deliveries are not Events (an event per delivery would itself be delivered, forever).
 """
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 SINK_RELOAD_SECONDS = 2.0
 PRUNE_SECONDS = 3600.0
 FAN_OUT_SECONDS = 0.2
+FAN_OUT_MAX = 2.0
+FAN_OUT_SLOW = 0.05
 CHUNK = 100
 IDLE_MIN, IDLE_MAX = 0.02, 0.5
 
@@ -90,7 +93,7 @@ class WebhookWorker:
         db: Database,
         settings: Settings,
         *,
-        batch: int = 2000,
+        batch: int = 5000,
         gap_seconds: float = 10.0,
     ) -> None:
         self.db = db
@@ -119,6 +122,7 @@ class WebhookWorker:
         self._last_prune = time.monotonic()
         self._last_fan_out = -1e9
         self._backlog = False
+        self._fan_out_every = FAN_OUT_SECONDS
         self._undecryptable: set[tuple[int, int]] = set()
 
     def backoff_for(self, attempt: int) -> float:
@@ -366,10 +370,19 @@ class WebhookWorker:
         now = time.monotonic()
         if now - self._sinks_loaded > SINK_RELOAD_SECONDS:
             self.load_sinks()
-        if self._backlog or now - self._last_fan_out >= FAN_OUT_SECONDS:
+        if now - self._last_fan_out >= (0.0 if self._backlog else self._fan_out_every):
             self._last_fan_out = now
             consumed = self.fan_out()
-            self._backlog = consumed >= self.batch
+            took = time.monotonic() - now
+            # a slow write means the database is busy (an annealer at work): write less often, in
+            # bigger batches, rather than queue for its lock again and again
+            slow = took > FAN_OUT_SLOW
+            self._fan_out_every = (
+                min(self._fan_out_every * 2, FAN_OUT_MAX)
+                if slow
+                else max(self._fan_out_every / 2, FAN_OUT_SECONDS)
+            )
+            self._backlog = consumed >= self.batch and not slow
             work += consumed
         free = self.workers - sum(self.slots.values())
         if free > 0:
