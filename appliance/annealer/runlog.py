@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from appliance.annealer.batches import RoleInfo
 from appliance.annealer.injection import Inputs
-from appliance.annealer.runner import RoleInfo, execute_jig
+from appliance.annealer.runner import execute_jig
 from appliance.db import Database
 from appliance.errors import KilnError, NotFound
 from appliance.events import record

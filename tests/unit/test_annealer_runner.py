@@ -281,3 +281,36 @@ def test_node_role_deleted_while_its_jig_runs_does_not_break_the_batch(db: Datab
         annealer.close()
     assert states(db) == {("n1.test", "slow"): "active"}
     assert [r.status for r in runs_of(db, node_role(db, "n1.test", "slow").id)] == ["ok"]
+
+
+ONE_AT_A_TIME = """\
+roles:
+  - {name: raid, jig: test, jig_data: {sleep: 0.3}}
+  - {name: bios, jig: test, jig_data: {sleep: 0.3}}
+  - {name: watch, jig: test, jig_data: {sleep: 0.6}, concurrent: true}
+"""
+
+
+def test_one_run_per_node_at_a_time_unless_the_role_is_concurrent(db: Database, tmp_path: Path) -> None:
+    load(db, tmp_path, ONE_AT_A_TIME)
+    nodes = make_nodes(db, 2)
+    with db.session() as session:
+        deployment = deployments.create(session, "d")
+        deployments.add_nodes(session, deployment, nodes, ["raid", "bios", "watch"])
+        deployments.commit(session, deployment)
+    anneal(db, workers=6)
+    assert set(states(db).values()) == {"active"}
+
+    def span(node: str, role: str) -> tuple[Any, Any]:
+        run = runs_of(db, node_role(db, node, role).id)[-1]
+        return run.started_at, run.finished_at
+
+    def overlap(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+        return a[0] < b[1] and b[0] < a[1]
+
+    for node in ("n0.test", "n1.test"):
+        assert not overlap(span(node, "raid"), span(node, "bios"))  # never two exclusive runs on a node
+        assert overlap(span(node, "watch"), span(node, "raid")) or overlap(
+            span(node, "watch"), span(node, "bios")
+        )
+    assert overlap(span("n0.test", "raid"), span("n1.test", "raid"))  # nodes in parallel
