@@ -20,7 +20,7 @@ from appliance.models import Delivery, Event, NodeRole
 from appliance.webhooks import sinks
 from appliance.webhooks.post import SIGNATURE_HEADER, verify
 from appliance.webhooks.worker import WebhookWorker, serve
-from tests.integration.webhook_receivers import HangingReceiver, Receiver
+from tests.integration.webhook_receivers import HangingReceiver, Receiver, self_signed_tls
 from tests.unit.annealer_world import anneal, load, make_nodes
 
 SECRET = "s3cret-for-the-webhook-tests"
@@ -225,3 +225,34 @@ def test_a_receiver_that_does_not_answer_costs_one_timeout_per_slot_not_one_per_
     # handed back to wait out the same backoff as the one that was tried
     assert all(abs((d.next_attempt_at - tried[0].next_attempt_at).total_seconds()) < 2 for d in untried)
     assert len(hanging.accepted) == 1  # the other nine were never sent into the silence
+
+
+def test_https_receivers_are_verified_against_the_trusted_cas(
+    db: Database, fast: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, ca_file = self_signed_tls(tmp_path)
+    tls = Receiver(tls=context).start()
+    try:
+        settings = fast.model_copy(update={"webhooks_max_attempts": 1})
+        add_sink(db, settings, tls.url, "*")
+        record_event(db, "node.create")
+        worker = WebhookWorker(db, settings)
+        try:
+            step_until(worker, lambda: any(d.status == "failed" for d in deliveries(db)))
+        finally:
+            worker.close()
+        (refused,) = deliveries(db)
+        assert refused.last_error is not None and refused.last_error.startswith("TLS: ")
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.last_error and tls.requests == []
+
+        # the same receiver once its CA is trusted (SSL_CERT_FILE, as an operator sets it for the unit)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        record_event(db, "node.update")
+        worker = WebhookWorker(db, settings)
+        try:
+            step_until(worker, lambda: any(d.status == "delivered" for d in deliveries(db)))
+        finally:
+            worker.close()
+        assert [r.headers["X-Kiln-Event"] for r in tls.requests] == ["node.update"]
+    finally:
+        tls.stop()
