@@ -10,6 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from appliance import nodes
 from appliance.config import Settings
 from appliance.db import Database, create_database
 from appliance.models import Deployment, Event, Node, NodeRole, User
@@ -416,3 +417,18 @@ def test_a_big_deployment_draws_the_first_nodes_and_says_how_many_more(fresh_sit
     page = client.get(f"/admin/deployments/{big}").text
     assert page.count('class="nr"') == 40
     assert "+5 more nodes" in page
+
+
+def test_reprovision_without_a_bmc_sets_the_bootenv_and_says_the_cycle_failed(site: Site) -> None:
+    client, token = site.client("operator")
+    node_id = site.world.node_ids[2]
+    with site.db.session() as s:
+        nodes.update_node(s, node_id, {"bootenv": "local"})
+    answer = client.post(
+        f"/admin/nodes/{node_id}/reprovision",
+        data={"csrf_token": token, "next": f"/admin/nodes/{node_id}"},
+        follow_redirects=True,
+    )
+    assert "bootenv discovery set, but power cycle: 0 done, 1 failed" in answer.text
+    with site.db.read_session() as s:
+        assert s.get(Node, node_id).bootenv == "discovery"  # type: ignore[union-attr]

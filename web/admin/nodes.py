@@ -214,7 +214,14 @@ def reprovision(who: Caller, ids: list[int]) -> str:
         for node_id in ids:
             nodes.update_node(s, node_id, {"bootenv": "discovery"}, actor=who.username)
     results = power_nodes(web.db, web.settings, ids, "cycle", actor=who.username)
-    return "re-provision: bootenv discovery set; " + power_summary("cycle", results)
+    try:
+        summary = power_summary("cycle", results)
+    except KilnError as exc:
+        # the bootenv change is committed: say so, or the operator thinks nothing happened
+        raise KilnError(
+            f"re-provision: bootenv discovery set, but {exc.message}; power-cycle by hand"
+        ) from exc
+    return "re-provision: bootenv discovery set; " + summary
 
 
 def power_summary(verb: str, results: list[Any]) -> str:
