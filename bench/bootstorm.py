@@ -113,14 +113,25 @@ async def dhcp(
                 reply = await asyncio.wait_for(waiter, DHCP_TIMEOUT)
             except TimeoutError:
                 continue
-            if reply.options.get(53) == bytes((want,)):
+            kind = reply.options.get(53)
+            if kind == bytes((want,)):
                 return reply
+            if kind == b"\x06":  # NAK: this exchange is over
+                raise RuntimeError("DHCP NAK")
         raise RuntimeError(f"no DHCP {want} after {RETRIES} tries")
 
-    offer = await exchange(_dhcp_packet(DISCOVER, client), OFFER)
-    ack = await exchange(
-        _dhcp_packet(REQUEST, client, offer.options[54], struct.pack("!I", offer.yiaddr)), ACK
-    )
+    # like a real client, start over from DISCOVER when a REQUEST goes unanswered or is refused
+    for _cycle in range(3):
+        offer = await exchange(_dhcp_packet(DISCOVER, client), OFFER)
+        try:
+            ack = await exchange(
+                _dhcp_packet(REQUEST, client, offer.options[54], struct.pack("!I", offer.yiaddr)), ACK
+            )
+            break
+        except RuntimeError:
+            client.times["dhcp_restarts"] = client.times.get("dhcp_restarts", 0) + 1
+    else:
+        raise RuntimeError("no DHCP lease after 3 DORA cycles")
     waiters.pop(client.xid, None)
     client.address = socket.inet_ntoa(struct.pack("!I", ack.yiaddr))
     client.bootfile = ack.options.get(67, b"").rstrip(b"\0").decode()
@@ -310,6 +321,9 @@ def report(result: dict[str, Any], registered: int, nodes: int) -> None:
             f"  {'total':<10} {statistics.median(totals) * 1000:>9.1f} {percentile(totals, 0.99) * 1000:>9.1f}"
         )
     print(f"  slowest component (p99): {worst[0]}")
+    restarts = sum(int(c["times"].get("dhcp_restarts", 0)) for c in clients)
+    if restarts:
+        print(f"  DHCP exchanges restarted from DISCOVER (REQUEST unanswered or NAKed): {restarts}")
     errors: dict[str, int] = {}
     for c in clients:
         if c["error"]:
