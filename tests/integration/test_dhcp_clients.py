@@ -46,6 +46,7 @@ class Lab:
     db_url: str
     workdir: Path
     start: Callable[..., KilnDhcp]
+    dhclient: subprocess.Popen[bytes] | None = None
 
 
 @pytest.fixture
@@ -83,6 +84,12 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     db.dispose()
 
 
+def proc_kill(lab: Lab) -> None:
+    if lab.dhclient is not None:
+        lab.dhclient.kill()
+        lab.dhclient.wait()
+
+
 def _dhclient(lab: Lab, extra_conf: str = "", lease_seconds_wait: float = 20.0) -> dict[str, str]:
     """Run dhclient until it is BOUND; return the variables its script received."""
     conf = lab.workdir / "dhclient.conf"
@@ -106,7 +113,7 @@ def _dhclient(lab: Lab, extra_conf: str = "", lease_seconds_wait: float = 20.0) 
          "-pf", str(lab.workdir / "dhclient.pid"), "-sf", str(script), "eth0"],
         stdout=(lab.workdir / "dhclient.log").open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    lab.dhclient = proc  # type: ignore[attr-defined]
+    lab.dhclient = proc
     deadline = time.monotonic() + lease_seconds_wait
     while time.monotonic() < deadline:
         if out.exists() and "end=BOUND" in out.read_text():
@@ -154,7 +161,7 @@ def test_dhclient_gets_lease_and_boot_options(lab: Lab) -> None:
             (address, "admin", 0)
         ]
     finally:
-        lab.dhclient.kill()  # type: ignore[attr-defined]
+        proc_kill(lab)
 
 
 def test_ipxe_client_gets_script_url_and_no_pxedhcp(lab: Lab) -> None:
@@ -169,7 +176,7 @@ def test_ipxe_client_gets_script_url_and_no_pxedhcp(lab: Lab) -> None:
         # option 175, sub-option 176 (no-pxedhcp) = 1
         assert [int(b, 16) for b in env["new_ipxe_encap"].split(":")] == [176, 1, 1]
     finally:
-        lab.dhclient.kill()  # type: ignore[attr-defined]
+        proc_kill(lab)
 
 
 def test_dhclient_renews_and_releases(lab: Lab) -> None:
@@ -179,7 +186,7 @@ def test_dhclient_renews_and_releases(lab: Lab) -> None:
     deadline = time.monotonic() + 15
     while "end=RENEW" not in out.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    lab.dhclient.kill()  # type: ignore[attr-defined]
+    proc_kill(lab)
     assert "reason=RENEW" in out.read_text(), out.read_text()
     renewed = out.read_text().split("reason=RENEW", 1)[1]
     assert f"new_ip_address={env['new_ip_address']}" in renewed

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from appliance.db import Database, create_database
 from appliance.models import Event, Lease
-from services.dhcp.packet import ACK, DISCOVER, OFFER, REQUEST
+from services.dhcp.packet import ACK, DISCOVER, OFFER, REQUEST, Packet
 from tests.integration.dhcp_lab import KilnDhcp, client_socket, collect, mac_for, request_packet, seed_network
 from tests.netns import Namespace, bridge, veth
 
@@ -166,7 +166,7 @@ def test_proxy_dhcp_beside_dnsmasq_gives_boot_info_only(
     )
     sock = client_socket(segment["cli"], "eth0")
     # a PXE ROM hears both: dnsmasq's address and Kiln's boot information
-    replies: dict[str, object] = {}
+    replies: dict[str, Packet] = {}
     deadline = time.monotonic() + 15
     xid = 100
     while len(replies) < 2 and time.monotonic() < deadline:
@@ -177,11 +177,11 @@ def test_proxy_dhcp_beside_dnsmasq_gives_boot_info_only(
                 replies[source[0] if packet.options.get(54) != b"\x0a\x46\x00\x01" else "kiln"] = packet
     assert set(replies) == {"kiln", "10.70.0.2"}, replies
     proxy, owner = replies["kiln"], replies["10.70.0.2"]
-    assert owner.message_type == OFFER and owner.yiaddr != 0  # type: ignore[attr-defined]
-    assert proxy.message_type == OFFER and proxy.yiaddr == 0  # type: ignore[attr-defined]
-    assert proxy.file == b"undionly.kpxe" and proxy.siaddr == 0x0A460001  # type: ignore[attr-defined]
-    assert proxy.options[60] == b"PXEClient" and proxy.options[43] == b"\x06\x01\x08\xff"  # type: ignore[attr-defined]
-    assert proxy.options[97] == PXE_DISCOVER[97]  # type: ignore[attr-defined]
+    assert owner.message_type == OFFER and owner.yiaddr != 0
+    assert proxy.message_type == OFFER and proxy.yiaddr == 0
+    assert proxy.file == b"undionly.kpxe" and proxy.siaddr == 0x0A460001
+    assert proxy.options[60] == b"PXEClient" and proxy.options[43] == b"\x06\x01\x08\xff"
+    assert proxy.options[97] == PXE_DISCOVER[97]
     # the PXE boot-server request to port 4011 gets the boot file too
     sock.sendto(
         request_packet(REQUEST, mac_for(2), 555, PXE_DISCOVER, ciaddr=0x0A4600FA), ("10.70.0.1", 4011)
