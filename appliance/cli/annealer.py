@@ -11,7 +11,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
-from appliance.annealer import barclamps, deployments, runlog
+from appliance.annealer import barclamps, deployments, explain, runlog
 from appliance.annealer.graph import deployment_graph
 from appliance.cli.base import CliContext, json_option, main, output, pass_cli
 from appliance.errors import InvalidInput, NotFound
@@ -222,6 +222,29 @@ def noderole_show(cli: CliContext, node_role_id: int, as_json: bool) -> None:
         )
     if body["runlog"]:
         click.echo("--- log\n" + body["runlog"])
+
+
+@noderole_group.command("why")
+@click.argument("node_role_id", type=int)
+@json_option
+@pass_cli
+def noderole_why(cli: CliContext, node_role_id: int, as_json: bool) -> None:
+    """Why a node-role is not running, down to the node-role that needs attention."""
+    with cli.db.read_session() as session:
+        body = explain.why(session, node_role_id)
+    if as_json:
+        click.echo(json.dumps(body, indent=2, default=str))
+        return
+    _echo_why(body, 0)
+
+
+def _echo_why(body: dict[str, Any], depth: int) -> None:
+    pad = "  " * depth
+    click.echo(f"{pad}{body['role']} on {body['node']} (#{body['id']}): {body['state']}")
+    for reason in body["reasons"]:
+        click.echo(f"{pad}  - {reason['message']}")
+        if reason.get("parent"):
+            _echo_why(reason["parent"], depth + 2)
 
 
 @noderole_group.command("retry")

@@ -85,6 +85,8 @@ def test_error_node_role_can_be_retried_and_only_errors_can(api: Api, tmp_path: 
     run_annealer(api)
     shown = api.get(f"/node_roles/{nr}").json
     assert shown["state"] == "error" and "nope" in shown["runlog"]
+    why = api.get(f"/node_roles/{nr}/why", role="readonly").json
+    assert why["state"] == "error" and why["reasons"][0]["code"] == "error" and why["runnable"] is False
     retried = api.put(f"/node_roles/{nr}/retry", {}, role="operator")
     assert retried.status_code == 200 and retried.json == {"id": nr, "state": "todo"}
     assert api.get("/roles?limit=10").json["items"][0]["name"] in {"base", "app", "bad"}

@@ -73,6 +73,9 @@ def test_failed_node_role_is_retried_from_the_cli(kiln: Kiln, sqlite_db: Databas
     rows = json.loads(kiln("noderole", "list", "--state", "error", "--json").output)
     assert len(rows) == 1
     assert "test jig told to fail: nope" in kiln("noderole", "show", str(rows[0]["id"])).output
+    assert (
+        "its jig failed (test jig told to fail: nope)" in kiln("noderole", "why", str(rows[0]["id"])).output
+    )
     assert "todo" in kiln("noderole", "retry", str(rows[0]["id"])).output
     assert "only an error can be retried" in kiln("noderole", "retry", str(rows[0]["id"]), code=1).output
 

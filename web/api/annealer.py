@@ -9,7 +9,7 @@ from flask import Blueprint
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from appliance.annealer import deployments, runlog
+from appliance.annealer import deployments, explain, runlog
 from appliance.annealer.graph import deployment_graph
 from appliance.models import Deployment, NodeRole, Role
 from web.api.access import actor
@@ -307,6 +307,28 @@ def node_roles_get(query: NodeRoleQuery) -> dict[str, Any]:
 def node_role_get(node_role_id: int) -> NodeRoleDetail:
     with read_session() as s:
         return NodeRoleDetail.model_validate(runlog.show(s, node_role_id, runs=10))
+
+
+class WhyOut(BaseModel):
+    id: int
+    node: str
+    role: str
+    deployment: str
+    state: str
+    runnable: bool
+    reasons: list[dict[str, Any]] = Field(description="code, message, and for a parent its own answer")
+
+
+@endpoint(
+    bp,
+    "GET",
+    "/node_roles/<int:node_role_id>/why",
+    response=WhyOut,
+    summary="Why a node-role is not running (parents explained recursively)",
+)
+def node_role_why_get(node_role_id: int) -> WhyOut:
+    with read_session() as s:
+        return WhyOut.model_validate(explain.why(s, node_role_id))
 
 
 @endpoint(
