@@ -10,7 +10,7 @@ N nodes x 8 noop roles (6 cohorts deep) from commit to all active, one annealer 
    is delivered (deliveries/s).
 
 Prints node-roles/s for each and the ratio to (1). Usage:
-.venv/bin/python bench/webhooks.py [--nodes 2000] [--postgres]
+.venv/bin/python bench/webhooks.py [--nodes 2000] [--repeat 3] [--postgres [--skip-sqlite]]
 """
 
 from __future__ import annotations
@@ -223,12 +223,14 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2000)
     parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
     print(f"{args.nodes:,} nodes x {len(ROLES)} noop roles = {args.nodes * len(ROLES):,} node-roles")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-webhooks-"))
     try:
-        bench("SQLite", lambda label: f"sqlite:///{root / label}.db", args.nodes, root, args.repeat)
+        if not args.skip_sqlite:
+            bench("SQLite", lambda label: f"sqlite:///{root / label}.db", args.nodes, root, args.repeat)
         if args.postgres:
             from tests.pgserver import PostgresServer
 
@@ -240,6 +242,7 @@ def main() -> None:
                     lambda _: server.create_database(f"bench_wh_{next(counter)}"),
                     args.nodes,
                     root,
+                    args.repeat,
                 )
             finally:
                 server.stop()
