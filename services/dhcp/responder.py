@@ -272,7 +272,9 @@ class Responder:
         opts[options.BOOTFILE_NAME] = name
         if choice.vendor_class:
             opts[options.VENDOR_CLASS] = options.text(choice.vendor_class)
-        if OPT_CLIENT_UUID in packet.options:
+        # OVMF's PXE DECLINEs a full-server ACK that echoes option 97 ("Lease is denied upon entering
+        # bound"); dnsmasq does not echo it either. PXE 2.1 proxy offers do carry it.
+        if self.config.proxy and OPT_CLIENT_UUID in packet.options:
             opts[OPT_CLIENT_UUID] = packet.options[OPT_CLIENT_UUID]
         if packet.is_ipxe and not self.config.proxy:
             opts[options.IPXE_ENCAP] = options.IPXE_NO_PXEDHCP
