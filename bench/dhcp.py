@@ -144,6 +144,7 @@ def main() -> None:
         "--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,10000,12000,14000,16000"
     )
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--tries", type=int, default=2, help="runs per rate and server; the best one counts")
     parser.add_argument(
         "--clients",
         default="1,16000000",
@@ -163,7 +164,7 @@ def main() -> None:
         server.address("eth0", f"{SERVER}/16")
         client.address("eth0", f"{CLIENT}/16")
         for clients in scenarios:
-            best = ladder(server, client, rates, args.seconds, clients)
+            best = ladder(server, client, rates, args.seconds, clients, args.tries)
             summary.append((clients, best))
     finally:
         server.delete()
@@ -184,9 +185,11 @@ def main() -> None:
 
 
 def ladder(
-    server: Namespace, client: Namespace, rates: list[int], seconds: int, clients: int
+    server: Namespace, client: Namespace, rates: list[int], seconds: int, clients: int, tries: int
 ) -> dict[str, float]:
-    """Each rate against each server, interleaved, until a server fails twice in a row."""
+    """Each rate against each server, interleaved, until a server fails a rate twice in a row. On a
+    shared machine one run can land on a burst of someone else's load: a rate counts as sustained when
+    one of its `tries` runs keeps drops under 1 %, the same rule for both servers."""
     best = {"kiln": 0.0, "dnsmasq": 0.0}
     failed = {"kiln": 0, "dnsmasq": 0}
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -199,14 +202,17 @@ def ladder(
         for name, runner in (("kiln", run_kiln), ("dnsmasq", run_dnsmasq)):
             if failed[name] >= 2:
                 continue
-            with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
-                step = runner(server, client, Path(tmp), rate, seconds, clients)
-            rows = "" if step.leases is None else str(step.leases)
-            print(
-                f"{name:8} {rate:8d} {step.achieved:9.0f} {step.drops[0]:9.3f} {step.drops[1]:9.3f} "
-                f"{step.acks:7d} {step.cpu_per_lease_us:12.1f} {rows:>8} {'ok' if step.ok else 'DROPS'}",
-                flush=True,
-            )
+            for _ in range(tries):
+                with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+                    step = runner(server, client, Path(tmp), rate, seconds, clients)
+                rows = "" if step.leases is None else str(step.leases)
+                print(
+                    f"{name:8} {rate:8d} {step.achieved:9.0f} {step.drops[0]:9.3f} {step.drops[1]:9.3f} "
+                    f"{step.acks:7d} {step.cpu_per_lease_us:12.1f} {rows:>8} {'ok' if step.ok else 'DROPS'}",
+                    flush=True,
+                )
+                if step.ok:
+                    break
             if step.ok:
                 # the offered rate it kept up with (perfdhcp's own "Rate" also counts its -W wait)
                 best[name] = max(best[name], float(rate))
