@@ -7,9 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from appliance.db.engine import Database
-from appliance.models import Bootenv, Deployment
+from appliance.models import Barclamp, Bootenv, Deployment
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -36,7 +37,7 @@ def current_revision(db: Database) -> str | None:
 
 
 def seed(db: Database) -> None:
-    """The `system` deployment and the built-in bootenvs exist from the start (DESIGN §3)."""
+    """The `system` deployment, the built-in bootenvs and the core barclamp exist from the start."""
     with db.session() as session:
         if session.scalar(select(Deployment).where(Deployment.name == "system")) is None:
             session.add(
@@ -53,3 +54,21 @@ def seed(db: Database) -> None:
         ):
             if session.scalar(select(Bootenv).where(Bootenv.name == name)) is None:
                 session.add(Bootenv(name=name, kind=kind, description=description))
+        _load_core_barclamp(session)
+
+
+def _load_core_barclamp(session: Session) -> None:
+    """Load the shipped core barclamp when it is absent or this Kiln ships another version of it, so
+    discovered nodes get their discovery roles without an operator running `kiln barclamp load`."""
+    from appliance.annealer import barclamps
+
+    shipped = barclamps.read_dir(barclamps.CORE_DIR, jig_names())
+    loaded = session.scalar(select(Barclamp.version).where(Barclamp.name == shipped[0].name))
+    if loaded != shipped[0].version:
+        barclamps.load_core(session)
+
+
+def jig_names() -> list[str]:
+    from appliance.jigs import REGISTRY
+
+    return list(REGISTRY)

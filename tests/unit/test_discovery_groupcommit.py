@@ -16,8 +16,9 @@ from appliance.models import Event
 
 
 def _events(db: Database) -> list[str]:
+    """The events these tests wrote (the database's own seed loaded the core barclamp first)."""
     with db.read_session() as s:
-        return list(s.scalars(select(Event.action).order_by(Event.id)))
+        return list(s.scalars(select(Event.action).where(Event.action != "barclamp.load").order_by(Event.id)))
 
 
 def _write(action: str, fail: bool = False, defer: list[Any] | None = None):  # type: ignore[no-untyped-def]
@@ -92,6 +93,6 @@ def test_a_failing_batch_step_fails_every_caller_of_the_batch_and_writes_nothing
     with pytest.raises(RuntimeError, match="batch step failed"):
         group.submit(work)
     with sqlite_db.read_session() as s:
-        assert s.scalar(select(func.count()).select_from(Event)) == 0
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.action != "barclamp.load")) == 0
     # the worker survives and serves the next submission
     assert group.submit(_write("after")) == "after"
