@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from appliance import nodes
 from appliance.config import Settings
 from appliance.db import Database, create_database
-from appliance.models import Deployment, Event, Node, NodeRole, User
+from appliance.models import Deployment, Event, Node, NodeRole, Role, User
 from tests.webadmin_world import World, add_run, csrf_of, login, make_users, make_world
 from web.app import create_app
 
@@ -432,3 +432,32 @@ def test_reprovision_without_a_bmc_sets_the_bootenv_and_says_the_cycle_failed(si
     assert "bootenv discovery set, but power cycle: 0 done, 1 failed" in answer.text
     with site.db.read_session() as s:
         assert s.get(Node, node_id).bootenv == "discovery"  # type: ignore[union-attr]
+
+
+def test_node_page_says_why_a_blocked_node_role_waits_naming_its_parent(fresh_site: Site) -> None:
+    from appliance.annealer import deployments
+
+    with fresh_site.db.session() as s:
+        deployments.commit(s, deployments.get_deployment(s, fresh_site.world.deployment_id))
+    node_id = fresh_site.world.node_ids[0]
+    client, _ = fresh_site.client("readonly")
+    page = client.get(f"/admin/nodes/{node_id}").text
+    with fresh_site.db.read_session() as s:
+        states_by_role = dict(
+            s.execute(
+                select(Role.name, NodeRole.state)
+                .join(NodeRole, NodeRole.role_id == Role.id)
+                .where(NodeRole.node_id == node_id)
+            ).all()
+        )
+        app_id = s.scalar(
+            select(NodeRole.id)
+            .join(Role, Role.id == NodeRole.role_id)
+            .where(NodeRole.node_id == node_id, Role.name == "web-app")
+        )
+    assert states_by_role == {"web-base": "todo", "web-app": "blocked"}
+    row = page[page.index(f'data-node-role="{app_id}"') :].split("</tr>")[0]
+    assert "Why blocked:" in row
+    assert "parent web-base on rack1-n0.test is todo" in row
+    # and the parent's own reason, nested under it: nothing has ever claimed work here
+    assert "no annealer has ever reported" in row

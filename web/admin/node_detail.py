@@ -17,6 +17,7 @@ from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from appliance import nodes
 from appliance.annealer import deployments as deployment_ops
+from appliance.annealer import explain, states
 from appliance.bmc.power import power_nodes
 from appliance.errors import InvalidInput
 from appliance.models import Allocation, Deployment, Event, Lease, Network, NodeRole, Role, Run
@@ -54,7 +55,15 @@ def _node_roles(session: Session, node_id: int) -> list[dict[str, Any]]:
     ):
         runs[run.node_role_id].append(run)
     return [
-        {"nr": nr, "role": role, "jig": jig, "deployment": dep, "runs": runs.get(nr.id, [])}
+        {
+            "nr": nr,
+            "role": role,
+            "jig": jig,
+            "deployment": dep,
+            "runs": runs.get(nr.id, []),
+            # the same answer as GET /api/v2/node_roles/<id>/why, so the page never leaves anyone guessing
+            "why": None if nr.state == states.ACTIVE else explain.why(session, nr.id),
+        }
         for nr, role, jig, dep in rows
     ]
 
