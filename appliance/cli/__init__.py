@@ -9,6 +9,7 @@ from appliance.cli import (  # noqa: F401  (registers commands)
     dhcp,
     lab,
     networks,
+    node_ops,
     nodes,
     power,
     serve,

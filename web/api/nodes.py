@@ -1,17 +1,20 @@
-"""/nodes: machines of the fleet and their MACs."""
+"""/nodes: machines of the fleet and their MACs; /nodes/<id>/redeploy."""
 
 from __future__ import annotations
 
 from flask import Blueprint
+from pydantic import Field
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import defer
 
 from appliance import nodes
+from appliance.annealer import node_ops
 from appliance.models import Node, NodeMac
 from web.api.access import actor
 from web.api.endpoint import changes, endpoint, expected_version, read_session, write_session
 from web.api.paging import page_of, paginate
-from web.api.schemas import NodeIn, NodeOut, NodePatch, NodeQuery, NodeSummaryOut
+from web.api.schemas import NodeIn, NodeOut, NodePatch, NodeQuery, NodeSummaryOut, Out
+from web.context import kiln
 
 bp = Blueprint("nodes", __name__)
 
@@ -87,3 +90,33 @@ def _update(node_id: int, body: NodeIn | NodePatch) -> NodeOut:
 def node_delete(node_id: int) -> None:
     with write_session() as s:
         nodes.delete_node(s, node_id, expected_version=expected_version(), actor=actor())
+
+
+class RedeployOut(Out):
+    node_id: int
+    name: str
+    node_roles: int = Field(description="node-roles of the node reset to proposed (and re-committed)")
+    power_cycled: bool = Field(description="false: no BMC or the BMC failed; the reset is done anyway")
+    power_error: str | None
+    message: str
+
+
+@endpoint(
+    bp,
+    "POST",
+    "/nodes/<int:node_id>/redeploy",
+    response=RedeployOut,
+    summary="Re-install a node: node-roles to proposed, bootenv discovery, network boot + power cycle",
+)
+def node_redeploy_post(node_id: int) -> RedeployOut:
+    """200 even when power could not be cycled (no BMC): `power_cycled` false and `power_error` say so."""
+    web = kiln()
+    result = node_ops.redeploy(web.db, web.settings, node_id, actor=actor())
+    return RedeployOut(
+        node_id=result.node_id,
+        name=result.name,
+        node_roles=result.node_roles,
+        power_cycled=result.power_cycled,
+        power_error=result.power_error,
+        message=result.summary(),
+    )
