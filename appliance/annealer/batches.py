@@ -111,6 +111,7 @@ class BatchWork:
                 cand.c.role_id.in_(list(role_ids)),
                 node_t.c.alive.is_(True),
                 node_t.c.available.is_(True),
+                states.in_target_scope(cand.c.id, node_t.c.target_role_id),
                 dep_t.c.state == "committed",
                 or_(cand.c.retry_at.is_(None), cand.c.retry_at <= now),
             )
@@ -181,6 +182,7 @@ class BatchWork:
                 cand.c.role_id.in_(list(role_ids)),
                 node_t.c.alive.is_(True),
                 node_t.c.available.is_(True),
+                states.in_target_scope(cand.c.id, node_t.c.target_role_id),
                 dep_t.c.state == "committed",
                 or_(cand.c.retry_at.is_(None), cand.c.retry_at <= now),
                 ~occupied,

@@ -67,6 +67,13 @@ def _why(
             say("node_not_alive", f"node {node.name} is not alive")
         if not node.available:
             say("node_not_available", f"node {node.name} is not available (taken out of Kiln's hands)")
+        if node.target_role_id is not None and not _in_target(session, nr.id):
+            target = session.get(Role, node.target_role_id)
+            say(
+                "target_role",
+                f"node {node.name} is annealed only up to role {target.name if target else '?'} and its"
+                f" parents; {role.name} is neither (clear or change the node's target role)",
+            )
         if role.jig not in REGISTRY:
             say("jig", f"jig '{role.jig}' of role {role.name} is not registered in this Kiln")
         retry_at = _aware(nr.retry_at)
@@ -85,6 +92,16 @@ def _why(
         "runnable": nr.state == states.TODO and all(r["code"] == "waiting" for r in reasons),
         "reasons": reasons,
     }
+
+
+def _in_target(session: Session, nr_id: int) -> bool:
+    scoped = select(NodeRole.id).join(Node, Node.id == NodeRole.node_id)
+    return (
+        session.scalar(
+            scoped.where(NodeRole.id == nr_id, states.in_target_scope(NodeRole.id, Node.target_role_id))
+        )
+        is not None
+    )
 
 
 def _parents(

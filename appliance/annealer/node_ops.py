@@ -1,4 +1,4 @@
-"""Operations on a whole node: redeploy (OpenCrowbar's Node.redeploy!).
+"""Operations on a whole node: redeploy (OpenCrowbar's Node.redeploy!) and target_role.
 
 Redeploy re-installs a node from scratch: every node-role of the node goes back to `proposed` with its
 results forgotten (wall, run count, run log, retries), the node boots discovery next and is power-reset
@@ -22,7 +22,8 @@ from appliance.annealer.deployments import descendants
 from appliance.bmc.power import power_nodes
 from appliance.config import Settings
 from appliance.db import Database
-from appliance.models import Deployment, NodeRole
+from appliance.errors import NotFound
+from appliance.models import Deployment, NodeRole, Role
 
 _nr = cast(Table, NodeRole.__table__)
 
@@ -119,3 +120,28 @@ def redeploy(
             data=result.as_dict(),
         )
     return result
+
+
+def set_target_role(session: Session, node_id: int, role: str | None, *, actor: str = "system") -> None:
+    """Anneal the node only up to `role` and its parents (None: everything bound to it runs again).
+
+    The annealer's claim and explain.why() both use states.in_target_scope(); nothing changes state here.
+    """
+    node = nodes.get_node(session, node_id, for_update=True)
+    role_id = None
+    if role is not None:
+        role_id = session.scalar(select(Role.id).where(Role.name == role))
+        if role_id is None:
+            raise NotFound(f"no role named '{role}'", field="target_role")
+    node.target_role_id = role_id
+    node.version += 1
+    session.flush()
+    events.record(
+        session,
+        "node.target_role",
+        subject_type="node",
+        subject_id=node_id,
+        actor=actor,
+        message=f"node {node.name}: target role {role or 'cleared'}",
+        data={"target_role": role},
+    )

@@ -12,12 +12,12 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, exists, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from appliance.annealer.bulk import dialect_of, ids_value, in_ids, insert_rows
 from appliance.errors import IllegalTransition, NotFound
-from appliance.models import Event, NodeRole, NodeRoleEdge
+from appliance.models import Event, Node, NodeRole, NodeRoleEdge
 
 PROPOSED = "proposed"
 TODO = "todo"
@@ -54,6 +54,23 @@ def not_ready() -> ColumnElement[bool]:
     return exists().where(
         _edges.c.child_id == _table.c.id, _edges.c.parent_id == parent.c.id, parent.c.state != ACTIVE
     )
+
+
+def in_target_scope(node_role_id: Any, node_target_role_id: Any) -> ColumnElement[bool]:
+    """True for a node-role its node may run: the node has no `target_role`, or the node-role is its
+    node's target node-role or an ancestor of it (OpenCrowbar's target_role: anneal up to a role).
+
+    One uncorrelated recursive walk up the edges from every targeted node-role: empty (and cheap) when
+    no node has a target.
+    """
+    nodes = cast(Table, Node.__table__)
+    seed = (
+        select(_table.c.id.label("id"))
+        .join(nodes, and_(nodes.c.id == _table.c.node_id, nodes.c.target_role_id == _table.c.role_id))
+        .cte("target_scope", recursive=True)
+    )
+    walk = seed.union(select(_edges.c.parent_id).join(seed, _edges.c.child_id == seed.c.id))
+    return or_(node_target_role_id.is_(None), node_role_id.in_(select(walk.c.id)))
 
 
 def check(from_state: str, to_state: str) -> None:

@@ -1,4 +1,4 @@
-"""`kiln node set` (alive / available) and `kiln node redeploy`: the same functions as the API and UI."""
+"""`kiln node set` (alive / available / target role) and `kiln node redeploy`: the same functions as the API and UI."""
 
 from __future__ import annotations
 
@@ -20,20 +20,40 @@ from appliance.cli.nodes import _find, node_group, node_row
     default=None,
     help="In Kiln's hands: off parks the node without deleting it.",
 )
+@click.option("--target-role", default=None, help="Anneal the node only up to this role and its parents.")
+@click.option("--no-target-role", is_flag=True, help="Clear the target role: every node-role may run.")
 @json_option
 @pass_cli
-def node_set(cli: CliContext, node: str, alive: bool | None, available: bool | None, as_json: bool) -> None:
-    """Set a node's alive / available flags (by id, name or MAC)."""
+def node_set(
+    cli: CliContext,
+    node: str,
+    alive: bool | None,
+    available: bool | None,
+    target_role: str | None,
+    no_target_role: bool,
+    as_json: bool,
+) -> None:
+    """Set a node's alive / available flags and target role (node by id, name or MAC)."""
     changes: dict[str, Any] = {k: v for k, v in (("alive", alive), ("available", available)) if v is not None}
-    if not changes:
-        raise click.UsageError("give --alive/--not-alive and/or --available/--not-available")
+    if target_role is not None and no_target_role:
+        raise click.UsageError("--target-role and --no-target-role exclude each other")
+    if not changes and target_role is None and not no_target_role:
+        raise click.UsageError("give --alive/--not-alive, --available/--not-available or --[no-]target-role")
     with cli.db.session() as s:
         found = _find(s, node)
-        row = node_row(nodes.update_node(s, found.id, changes, actor="cli"))
+        if changes:
+            nodes.update_node(s, found.id, changes, actor="cli")
+        if target_role is not None or no_target_role:
+            node_ops.set_target_role(s, found.id, target_role, actor="cli")
+            changes["target_role"] = target_role
+        row = node_row(found)
     if as_json:
         output(row, [], True)
     else:
-        flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in changes.items())
+        flags = ", ".join(
+            f"{k} {v or 'none'}" if k == "target_role" else f"{k} {'yes' if v else 'no'}"
+            for k, v in changes.items()
+        )
         click.echo(f"node {row['name']}: {flags}")
 
 

@@ -1,4 +1,5 @@
-"""Node operations: alive / available keep the annealer off a node; redeploy resets it (API and CLI)."""
+"""Node operations: alive / available keep the annealer off a node; redeploy resets it (API and CLI);
+a target role limits what runs on a node."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from appliance.annealer import deployments
+from appliance.annealer.explain import why
 from appliance.cli import main
 from appliance.db import Database
 from appliance.models import Bootenv, Event, Node, NodeRole
@@ -149,3 +151,32 @@ def test_redeploy_from_the_cli_in_a_proposed_deployment_leaves_the_node_roles_pr
         deployments.commit(s, deployments.get_deployment(s, "d"))
     anneal(db)
     assert set(states(db).values()) == {"active"}
+
+
+def test_target_role_anneals_a_node_only_up_to_that_role_and_explain_says_why_the_rest_waits(
+    db: Database, kiln: Kiln, tmp_path: Path
+) -> None:
+    _committed(db, tmp_path)
+    assert "target_role base" in kiln("node", "set", "n0.test", "--target-role", "base").output
+    anneal(db)
+    assert states(db) == {
+        ("n0.test", "base"): "active",
+        ("n0.test", "app"): "todo",
+        ("n1.test", "base"): "active",
+        ("n1.test", "app"): "active",
+    }
+    app = node_role(db, "n0.test", "app")
+    assert runs_of(db, app.id) == []
+    with db.read_session() as s:
+        answer = why(s, app.id)
+        assert why(s, node_role(db, "n1.test", "app").id)["reasons"] == []
+    assert [r["code"] for r in answer["reasons"]] == ["target_role"] and answer["runnable"] is False
+    assert "only up to role base" in answer["reasons"][0]["message"]
+    assert "no role named 'nope'" in kiln("node", "set", "n0.test", "--target-role", "nope", code=1).output
+
+    kiln("node", "set", "n0.test", "--no-target-role")
+    anneal(db)
+    assert set(states(db).values()) == {"active"}
+    with db.read_session() as s:
+        targets = [e.data for e in s.scalars(select(Event).where(Event.action == "node.target_role"))]
+    assert targets == [{"target_role": "base"}, {"target_role": None}]
