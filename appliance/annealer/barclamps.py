@@ -30,8 +30,9 @@ CORE_DIR = Path(__file__).resolve().parent.parent / "barclamps" / "core"
 FLAGS = ("discovery", "implicit", "milestone", "cluster", "destructive", "concurrent")
 ROLE_KEYS = frozenset(
     {"name", "description", "jig", "requires", "conflicts", "provides", "inputs", "outputs"}
-    | {"templates", "jig_data", *FLAGS}
+    | {"templates", "jig_data", "hooks", *FLAGS}
 )
+HOOKS_KEY = "kiln_hooks"  # where a role's hook targets live in jig_data, for annealers in other processes
 INPUT_KEYS = frozenset({"schema", "default", "from", "aggregate", "description"})
 OUTPUT_KEYS = frozenset({"schema", "default", "from", "description"})
 SCHEMA_TYPES: Mapping[str, tuple[type, ...]] = {
@@ -86,6 +87,7 @@ class RoleSpec:
     jig_data: Mapping[str, Any] = field(default_factory=dict)
     flags: Mapping[str, bool] = field(default_factory=dict)
     require_lines: tuple[int, ...] = ()
+    hooks: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,6 +216,7 @@ def _role(path: Path, barclamp: str, raw: Any, jigs: Iterable[str]) -> RoleSpec:
     for key in ("templates", "jig_data"):
         if not isinstance(raw.get(key) or {}, dict):
             raise BarclampError(path, _line(raw, key), f"role {name}: '{key}' must be a mapping")
+    hook_targets = _hooks(path, name, raw)
     requires, require_lines = _names(path, raw, "requires")
     if name in requires:
         raise BarclampError(path, _line(raw, "requires"), f"role {name} requires itself")
@@ -233,7 +236,28 @@ def _role(path: Path, barclamp: str, raw: Any, jigs: Iterable[str]) -> RoleSpec:
         templates=_plain(raw.get("templates") or {}),
         jig_data=_plain(raw.get("jig_data") or {}),
         flags={flag: bool(raw.get(flag, False)) for flag in FLAGS},
+        hooks=hook_targets,
     )
+
+
+def _hooks(path: Path, name: str, raw: _Map) -> dict[str, str]:
+    """`hooks: {on_active: "pkg.mod:func"}`: each event known and each target importable, or refused."""
+    from appliance.annealer.hooks import EVENTS, resolve
+
+    value = raw.get("hooks") or {}
+    if not isinstance(value, dict):
+        raise BarclampError(path, _line(raw, "hooks"), f"role {name}: 'hooks' must be a mapping")
+    for event, target in value.items():
+        line = _line(value, event)
+        if event not in EVENTS:
+            raise BarclampError(path, line, f"role {name}: unknown hook '{event}' (one of {sorted(EVENTS)})")
+        if not isinstance(target, str):
+            raise BarclampError(path, line, f"role {name}: hook {event} must be 'package.module:function'")
+        try:
+            resolve(target)
+        except ValueError as exc:
+            raise BarclampError(path, line, f"role {name}: hook {event}: {exc}") from exc
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _roles_of(path: Path, data: Any, barclamp: str, jigs: Iterable[str]) -> list[RoleSpec]:
@@ -390,6 +414,8 @@ def _store_role(session: Session, spec: RoleSpec, barclamp_id: int, cohort: int)
     role.outputs = dict(spec.outputs)
     role.templates = dict(spec.templates)
     role.jig_data = {**spec.jig_data, "barclamp_dir": str(Path(spec.file).parent)}
+    if spec.hooks:
+        role.jig_data[HOOKS_KEY] = dict(spec.hooks)
     for flag, value in spec.flags.items():
         setattr(role, flag, value)
     role.cohort = cohort

@@ -30,8 +30,8 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from appliance.annealer import states
-from appliance.annealer.barclamps import SCHEMA_TYPES
+from appliance.annealer import hooks, states
+from appliance.annealer.barclamps import HOOKS_KEY, SCHEMA_TYPES
 from appliance.annealer.batches import BatchWork, Claimed, Outcome, RoleInfo, nr_t
 from appliance.annealer.injection import Inputs, gather_inputs
 from appliance.db import Database
@@ -112,6 +112,7 @@ class Annealer(BatchWork):
         # inline node-roles claimed in the commit of the previous batch's results, not yet run
         self._next_inline: list[Claimed] = []
         self._last_renew = time.monotonic()
+        self.hooks = hooks.HookRunner(db, self.name)
 
     # -- roles ---------------------------------------------------------------------------------
 
@@ -129,7 +130,16 @@ class Annealer(BatchWork):
                 for rid, name, jig, inputs, outputs, jig_data, concurrent in rows
             }
         self._trivial_roles = frozenset(r.id for r in self.roles.values() if r.trivial)
+        for role in self.roles.values():
+            if role.jig_data.get(HOOKS_KEY):
+                self._register_hooks(role.name, role.jig_data[HOOKS_KEY])
         self._roles_loaded = time.monotonic()
+
+    def _register_hooks(self, role: str, targets: Mapping[str, str]) -> None:
+        try:
+            hooks.register_targets(role, targets)
+        except ValueError as exc:  # checked at load time; the module may have gone since
+            log.error("role %s: hooks not registered: %s", role, exc)
 
     def _inputs(self, claimed: Sequence[Claimed]) -> dict[int, dict[str, Any]]:
         specs = {c.role_id: self.roles[c.role_id].inputs for c in claimed}
@@ -273,6 +283,8 @@ class Annealer(BatchWork):
             outcomes, trivial = self.run_inline(inline)
             self._next_inline = self.finish(outcomes, trivial=trivial, claim_inline=self.batch)
             work += len(inline)
+        # after the results are committed; a no-op while no hook is registered
+        self.hooks.poll()
         return work
 
     def _drain(self) -> int:
