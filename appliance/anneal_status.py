@@ -3,7 +3,9 @@
 The verdict follows OpenCrowbar's `/api/v2/anneal`: any node-role in `error` means *failed* (409), any
 node-role with work left (`todo`, `transition`, `blocked`) means *working* (202), otherwise
 *converged* (200). `proposed` node-roles belong to uncommitted deployments and are nobody's work yet,
-so they never hold the verdict back. Counts come from one GROUP BY on node_roles.
+so they never hold the verdict back. Counts come from one GROUP BY on node_roles. A `todo` or
+`blocked` node-role the annealer will not claim (its node not alive or not available, or outside the
+node's target_role scope) is counted as `parked`, not as work: it waits for an operator, not for us.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, not_, select
 from sqlalchemy.orm import Session
 
+from appliance.annealer import states
 from appliance.errors import NotFound
 from appliance.models import AnnealerHeartbeat, Deployment, Node, NodeRole, Role, utcnow
 
@@ -25,6 +28,7 @@ FAILED = "failed"
 HTTP_STATUS = {CONVERGED: 200, WORKING: 202, FAILED: 409}
 
 WORK_LEFT = ("todo", "transition", "blocked")
+PARKED = "parked"
 # the annealer service beats every 5 s; three missed beats mean it is gone
 HEARTBEAT_FRESH_SECONDS = 15.0
 ERRORS_SHOWN = 20
@@ -82,11 +86,36 @@ def anneal_status(session: Session, deployment: str | int | None = None) -> Anne
         dep_id, name = dep.id, dep.name
         query = query.where(NodeRole.deployment_id == dep_id)
     counts = {state: int(n) for state, n in session.execute(query)}
+    if counts.get("todo", 0) or counts.get("blocked", 0):
+        _move_parked(session, counts, dep_id)
     status = AnnealStatus(status=verdict(counts), counts=counts, deployment=name)
     status.annealers = live_annealers(session)
     if status.status == FAILED:
         status.errors = _errors(session, dep_id)
     return status
+
+
+def _move_parked(session: Session, counts: dict[str, int], deployment_id: int | None) -> None:
+    """Move todo/blocked node-roles the claim would never pick (the claim's own node conditions and
+    states.in_target_scope) from their state's count to `parked`."""
+    runnable = and_(
+        Node.alive.is_(True),
+        Node.available.is_(True),
+        states.in_target_scope(NodeRole.id, Node.target_role_id),
+    )
+    query = (
+        select(NodeRole.state, func.count())
+        .join(Node, Node.id == NodeRole.node_id)
+        .where(NodeRole.state.in_(("todo", "blocked")), not_(runnable))
+        .group_by(NodeRole.state)
+    )
+    if deployment_id is not None:
+        query = query.where(NodeRole.deployment_id == deployment_id)
+    for state, n in session.execute(query):
+        counts[state] -= int(n)
+        counts[PARKED] = counts.get(PARKED, 0) + int(n)
+        if not counts[state]:  # like the GROUP BY: a state nobody is in is not listed
+            del counts[state]
 
 
 def _deployment(session: Session, key: str | int) -> Deployment:

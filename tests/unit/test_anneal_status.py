@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from appliance.anneal_status import anneal_status, verdict
-from appliance.annealer import deployments
+from appliance.annealer import deployments, node_ops
 from appliance.annealer.service import serve as annealer_serve
 from appliance.cli import main
 from appliance.config import Settings
 from appliance.db import Database
+from appliance.models import Node
 from tests.unit.annealer_world import anneal, load, make_nodes
 from tests.unit.api_support import Api, api_fixture  # noqa: F401  (fixture)
 
@@ -158,3 +159,22 @@ def test_cli_wait_exits_4_when_the_timeout_passes_first(
     assert "still working after 0.5 s" in result.output
     unknown = kiln("anneal", "wait", "-d", "nope", "--timeout", "1")
     assert unknown.exit_code == 1 and "deployment 'nope' not found" in unknown.output
+
+
+def test_parked_node_roles_do_not_hold_convergence_back(db: Database, tmp_path: Path) -> None:
+    load(db, tmp_path, ROLES)
+    dead, targeted = make_nodes(db, 2)
+    with db.session() as session:
+        session.get_one(Node, dead).alive = False
+        node_ops.set_target_role(session, targeted, "base")
+    bind(db, "d", [dead, targeted], ["app"])
+    anneal(db)
+    with db.read_session() as session:
+        status = anneal_status(session, "d")
+    # dead node: base todo + app blocked; targeted node: base active, app todo outside its scope
+    assert status.counts == {"active": 1, "parked": 3}
+    assert status.status == "converged" and status.http_status == 200
+    with db.session() as session:
+        session.get_one(Node, dead).alive = True
+    with db.read_session() as session:
+        assert anneal_status(session, "d").status == "working"
