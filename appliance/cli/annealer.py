@@ -141,6 +141,10 @@ def deployment_propose(cli: CliContext, name: str) -> None:
     click.echo(f"deployment {name} proposed: edits allowed, nothing new starts")
 
 
+# OpenCrowbar called taking a committed deployment back "recall"
+deployment_group.add_command(deployment_propose, "recall")
+
+
 @deployment_group.command("show")
 @click.argument("name")
 @json_option

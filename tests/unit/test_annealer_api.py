@@ -71,6 +71,9 @@ def test_deployment_lifecycle_graph_and_node_role_details(api: Api, tmp_path: Pa
 
     proposed = api.post(f"/deployments/{dep}/propose", {})
     assert proposed.json["state"] == "proposed"
+    assert api.post(f"/deployments/{dep}/commit", {}).json["state"] == "committed"
+    recalled = api.post(f"/deployments/{dep}/recall", {})
+    assert recalled.status_code == 200 and recalled.json["state"] == "proposed"
     assert api.delete(f"/deployments/{dep}/nodes/{nodes[1]}").status_code == 204
     assert sum(api.get(f"/deployments/{dep}").json["counts"].values()) == 2
 

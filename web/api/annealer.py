@@ -254,10 +254,25 @@ def deployment_commit_post(deployment_id: int) -> DeploymentOut:
     summary="Propose again: edits allowed, nothing new starts",
 )
 def deployment_propose_post(deployment_id: int) -> DeploymentOut:
+    return _propose(deployment_id)
+
+
+def _propose(deployment_id: int) -> DeploymentOut:
     with write_session() as s:
         deployment = deployments.get_deployment(s, deployment_id)
         deployments.propose(s, deployment, actor=actor())
         return _deployment_out(s, deployment)
+
+
+@endpoint(
+    bp,
+    "POST",
+    "/deployments/<int:deployment_id>/recall",
+    response=DeploymentOut,
+    summary="Recall (OpenCrowbar's name for propose): running work finishes, nothing new starts",
+)
+def deployment_recall_post(deployment_id: int) -> DeploymentOut:
+    return _propose(deployment_id)
 
 
 @endpoint(
