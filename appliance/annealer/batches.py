@@ -34,6 +34,24 @@ run_t = typed(Table, Run.__table__)
 role_t = typed(Table, Role.__table__)
 
 
+def _with_node_and_deployment(cand: Any) -> Any:
+    return cand.join(node_t, node_t.c.id == cand.c.node_id).join(dep_t, dep_t.c.id == cand.c.deployment_id)
+
+
+def _claimable(cand: Any, role_ids: Sequence[int], now: dt.datetime) -> list[Any]:
+    """The conditions both claims share: todo, node alive and available, inside the node's target
+    role, deployment committed, retry backoff over."""
+    return [
+        cand.c.state == states.TODO,
+        cand.c.role_id.in_(list(role_ids)),
+        node_t.c.alive.is_(True),
+        node_t.c.available.is_(True),
+        states.in_target_scope(cand.c.id, node_t.c.target_role_id),
+        dep_t.c.state == "committed",
+        or_(cand.c.retry_at.is_(None), cand.c.retry_at <= now),
+    ]
+
+
 @dataclass(frozen=True)
 class RoleInfo:
     id: int
@@ -101,20 +119,8 @@ class BatchWork:
         cand = nr_t.alias("claimable")
         query = (
             select(cand.c.id)
-            .select_from(
-                cand.join(node_t, node_t.c.id == cand.c.node_id).join(
-                    dep_t, dep_t.c.id == cand.c.deployment_id
-                )
-            )
-            .where(
-                cand.c.state == states.TODO,
-                cand.c.role_id.in_(list(role_ids)),
-                node_t.c.alive.is_(True),
-                node_t.c.available.is_(True),
-                states.in_target_scope(cand.c.id, node_t.c.target_role_id),
-                dep_t.c.state == "committed",
-                or_(cand.c.retry_at.is_(None), cand.c.retry_at <= now),
-            )
+            .select_from(_with_node_and_deployment(cand))
+            .where(*_claimable(cand, role_ids, now))
             .order_by(cand.c.cohort, cand.c.id)
             .limit(limit)
         )
@@ -172,21 +178,8 @@ class BatchWork:
         )
         query = (
             select(cand.c.id, cand.c.node_id, cand.c.role_id)
-            .select_from(
-                cand.join(node_t, node_t.c.id == cand.c.node_id).join(
-                    dep_t, dep_t.c.id == cand.c.deployment_id
-                )
-            )
-            .where(
-                cand.c.state == states.TODO,
-                cand.c.role_id.in_(list(role_ids)),
-                node_t.c.alive.is_(True),
-                node_t.c.available.is_(True),
-                states.in_target_scope(cand.c.id, node_t.c.target_role_id),
-                dep_t.c.state == "committed",
-                or_(cand.c.retry_at.is_(None), cand.c.retry_at <= now),
-                ~occupied,
-            )
+            .select_from(_with_node_and_deployment(cand))
+            .where(*_claimable(cand, role_ids, now), ~occupied)
             .order_by(cand.c.cohort, cand.c.id)
             .limit(limit * 4)
         )
