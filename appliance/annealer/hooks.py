@@ -1,24 +1,29 @@
 """Role hooks (OpenCrowbar's on_todo, on_active, ...): Python callables a barclamp attaches to a role.
 
-Hooks run in the annealer, never in a web request or a claim transaction: the annealer follows the
-Event log past a cursor taken at its start and calls the hooks of the roles involved. With no hook
-registered the annealer does nothing extra. A hook's exception is logged and written as a
+Hooks run in the annealer, never in a web request or a claim transaction: the annealers follow the
+Event log past a cursor kept in the database (table hook_cursor, see HookRunner) and call the hooks of
+the roles involved, each event's hooks once across all annealers. The cursor starts where the log
+stood when migration 0005 ran, and it moves on even while no hook is registered (a few writes a
+minute): hooks react to what happens from now on, a barclamp that brings hooks later is not handed
+the log's history. A hook's exception is logged and written as a
 `role.hook_error` Event; it never stops the annealer.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, Table, or_, select, update
 
 from appliance.db import Database
 from appliance.events import record
-from appliance.models import Event, NodeRole, Role
+from appliance.models import Event, HookCursor, NodeRole, Role, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,8 @@ EVENTS = frozenset({"on_todo", "on_active", "on_error", "on_node_create", "on_no
 STATE_HOOKS = {"todo": "on_todo", "active": "on_active", "error": "on_error"}
 NODE_CREATE_ACTIONS = ("node.create", "node.discovered")
 NODE_CHANGE_ACTIONS = ("node.update", "node.rediscovered", "node.discovery")
+CURSOR_ID = 1
+cursor_t = cast(Table, HookCursor.__table__)
 WATCHED = ("noderole.state", "deployment.commit", *NODE_CREATE_ACTIONS, *NODE_CHANGE_ACTIONS)
 
 
@@ -84,40 +91,167 @@ def resolve(target: str) -> Hook:
     return func  # type: ignore[no-any-return]
 
 
+def _aware(at: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes for what was written as UTC
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
 def register_targets(role_name: str, targets: Mapping[str, str]) -> None:
     for event, target in targets.items():
         register_hook(role_name, event, resolve(target))
 
 
 class HookRunner:
-    """Follows the Event log from where it was at construction and runs the hooks it calls for."""
+    """Runs the hooks of the Event log's events, each event's once across every annealer of the database.
 
-    def __init__(self, db: Database, actor: str) -> None:
+    The position lives in the `hook_cursor` row, not in this process: events recorded while no
+    annealer ran fire when one starts. A runner claims the window (last_event_id, upto] by a
+    compare-and-set on that row (one UPDATE: SQLite serialises it under BEGIN IMMEDIATE, PostgreSQL
+    re-checks the WHERE after the row lock), runs the window's hooks after that commit, renewing its
+    lease as it goes, and only then moves last_event_id. While a live claim stands, other runners wait.
+
+    Delivery is at-least-once: if an annealer dies mid-window (or a single hook outlasts the lease),
+    the lease runs out and another annealer runs the whole window again, so a hook may see an event a
+    second time then; hooks should be idempotent. In normal running every hook call happens once.
+
+    PostgreSQL hands out event ids before commit, so the window stops before a hole in the ids until
+    it fills or has stayed open `gap_seconds` (a rolled-back transaction leaves one for good); an event
+    committed later than that after a newer one misses its hooks. SQLite commits one writer at a
+    time, so its ids never arrive out of order.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        actor: str,
+        *,
+        lease_seconds: float = 60.0,
+        gap_seconds: float = 5.0,
+        skip_interval: float = 5.0,
+    ) -> None:
         self.db = db
         self.actor = actor
-        with db.read_session() as session:
-            self.cursor: int = session.scalar(select(func.max(Event.id))) or 0
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.gap_seconds = gap_seconds
+        # with no hook to call, moving the cursor is the only work: a write, so not on every step
+        self.skip_interval = skip_interval
+        self._last_skip = 0.0
+        self._gaps: dict[int, float] = {}
 
-    def poll(self, limit: int = 1000) -> int:
-        """Run the hooks of Events past the cursor; returns the number of hooks called."""
-        if not any_registered():
-            return 0
+    def poll(self, limit: int = 500) -> int:
+        """Claim the next window of events, run its hooks, move the cursor; returns hooks called."""
+        if not any_registered() and time.monotonic() - self._last_skip < self.skip_interval:
+            return 0  # nothing to call: not even a read on every annealer step
         with self.db.read_session() as session:
-            events = list(
-                session.execute(
-                    select(Event.id, Event.action, Event.subject_id, Event.data)
-                    .where(Event.id > self.cursor, Event.action.in_(WATCHED))
-                    .order_by(Event.id)
-                    .limit(limit)
+            row = session.execute(
+                select(HookCursor.last_event_id, HookCursor.claimed_by, HookCursor.lease_expires_at).where(
+                    HookCursor.id == CURSOR_ID
                 )
+            ).first()
+            if row is None:
+                raise RuntimeError("hook_cursor row missing: run `kiln db upgrade`")
+            last, holder, expires = row
+            if holder is not None and expires is not None and _aware(expires) > utcnow():
+                return 0  # another annealer is running a window
+            ids = list(
+                session.scalars(select(Event.id).where(Event.id > last).order_by(Event.id).limit(limit))
             )
-            if not events:
+            if not ids:
                 return 0
-            self.cursor = events[-1][0]
-            calls = list(self._calls(session, events))
+            upto = self._settled(last, ids)
+            if upto <= last:
+                return 0
+            calls: list[tuple[Hook, HookCall]] = []
+            if any_registered():
+                events = session.execute(
+                    select(Event.id, Event.action, Event.subject_id, Event.data)
+                    .where(Event.id > last, Event.id <= upto, Event.action.in_(WATCHED))
+                    .order_by(Event.id)
+                )
+                calls = list(self._calls(session, events))
+        if not calls:
+            # nothing to call: moving the cursor is a write, so not on every annealer step
+            now = time.monotonic()
+            if len(ids) < limit and now - self._last_skip < self.skip_interval:
+                return 0
+            self._last_skip = now
+            self._move(last, upto, claimed_by=None)
+            return 0
+        if not self._claim(last, upto):
+            return 0  # another annealer claimed this window first
+        renewed = time.monotonic()
         for hook, call in calls:
+            if time.monotonic() - renewed > self.lease.total_seconds() / 2:
+                if not self._renew(last, upto):
+                    log.warning("hook window (%d, %d] taken over after its lease ran out", last, upto)
+                    return 0
+                renewed = time.monotonic()
             self._run(hook, call)
+        self._move(last, upto, claimed_by=self.actor)
         return len(calls)
+
+    def _claim(self, last: int, upto: int) -> bool:
+        now = utcnow()
+        with self.db.session() as session:
+            result = session.execute(
+                update(cursor_t)
+                .where(
+                    cursor_t.c.id == CURSOR_ID,
+                    cursor_t.c.last_event_id == last,
+                    or_(cursor_t.c.claimed_by.is_(None), cursor_t.c.lease_expires_at <= now),
+                )
+                .values(claimed_by=self.actor, claimed_upto=upto, lease_expires_at=now + self.lease)
+            )
+            return _rowcount(result) == 1
+
+    def _renew(self, last: int, upto: int) -> bool:
+        with self.db.session() as session:
+            result = session.execute(
+                update(cursor_t).where(*self._mine(last, upto)).values(lease_expires_at=utcnow() + self.lease)
+            )
+            return _rowcount(result) == 1
+
+    def _move(self, last: int, upto: int, *, claimed_by: str | None) -> None:
+        """last -> upto, releasing the claim; a no-op if the window is no longer this runner's."""
+        if claimed_by is None:
+            unclaimed = or_(cursor_t.c.claimed_by.is_(None), cursor_t.c.lease_expires_at <= utcnow())
+            where = [cursor_t.c.id == CURSOR_ID, cursor_t.c.last_event_id == last, unclaimed]
+        else:
+            where = self._mine(last, upto)
+        with self.db.session() as session:
+            session.execute(
+                update(cursor_t)
+                .where(*where)
+                .values(last_event_id=upto, claimed_by=None, claimed_upto=None, lease_expires_at=None)
+            )
+
+    def _mine(self, last: int, upto: int) -> list[Any]:
+        return [
+            cursor_t.c.id == CURSOR_ID,
+            cursor_t.c.last_event_id == last,
+            cursor_t.c.claimed_by == self.actor,
+            cursor_t.c.claimed_upto == upto,
+        ]
+
+    def _settled(self, last: int, ids: list[int]) -> int:
+        """The highest event id the window may reach: before the first hole still young (PostgreSQL)."""
+        if self.db.is_sqlite:
+            return ids[-1]
+        now = time.monotonic()
+        expected = last + 1
+        for event_id in ids:
+            while expected < event_id:
+                opened = self._gaps.setdefault(expected, now)
+                if now - opened < self.gap_seconds:
+                    return expected - 1
+                expected += 1
+            expected = event_id + 1
+        self._gaps = {i: t for i, t in self._gaps.items() if i > ids[-1]}
+        return ids[-1]
 
     def _calls(self, session: Any, events: Iterable[Any]) -> Iterable[tuple[Hook, HookCall]]:
         for _, action, subject_id, data in events:

@@ -112,7 +112,7 @@ class Annealer(BatchWork):
         # inline node-roles claimed in the commit of the previous batch's results, not yet run
         self._next_inline: list[Claimed] = []
         self._last_renew = time.monotonic()
-        self.hooks = hooks.HookRunner(db, self.name)
+        self.hooks = hooks.HookRunner(db, self.name, lease_seconds=lease_seconds)
 
     # -- roles ---------------------------------------------------------------------------------
 
@@ -283,8 +283,8 @@ class Annealer(BatchWork):
             outcomes, trivial = self.run_inline(inline)
             self._next_inline = self.finish(outcomes, trivial=trivial, claim_inline=self.batch)
             work += len(inline)
-        # after the results are committed; a no-op while no hook is registered
-        self.hooks.poll()
+        # after the results are committed; hooks may make more work, so their calls count as work
+        work += self.hooks.poll()
         return work
 
     def _drain(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -158,3 +159,21 @@ class AnnealerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HookCursor(Base):
+    """The one row saying how far role hooks have run through the Event log (appliance.annealer.hooks).
+
+    An annealer claims the window (last_event_id, claimed_upto] until lease_expires_at, runs its hooks
+    and then moves last_event_id; a claim whose lease ran out is taken over by another annealer.
+    """
+
+    __tablename__ = "hook_cursor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_upto: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), nullable=True
+    )
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -52,7 +52,8 @@ def test_annealer_calls_on_todo_on_active_and_on_error_with_the_node_role(
     db: Database, tmp_path: Path
 ) -> None:
     load(db, tmp_path, HOOKED)
-    # the annealer follows events from its start: started before the commit, it sees the todo too
+    # the hook cursor lives in the database: whether the annealer starts before or after the commit,
+    # the todo is seen
     annealer = Annealer(db, lease_seconds=60, backoff_seconds=0.05)
     try:
         _deploy(db, ["hk-ok", "hk-bad"])
