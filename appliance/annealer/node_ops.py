@@ -22,8 +22,9 @@ from appliance.annealer.deployments import descendants
 from appliance.bmc.power import power_nodes
 from appliance.config import Settings
 from appliance.db import Database
-from appliance.errors import NotFound
+from appliance.errors import InvalidInput
 from appliance.models import Deployment, NodeRole, Role
+from appliance.versions import check_and_bump
 
 _nr = cast(Table, NodeRole.__table__)
 
@@ -122,19 +123,27 @@ def redeploy(
     return result
 
 
-def set_target_role(session: Session, node_id: int, role: str | None, *, actor: str = "system") -> None:
+def set_target_role(
+    session: Session,
+    node_id: int,
+    role: str | None,
+    *,
+    expected_version: int | None = None,
+    actor: str = "system",
+) -> None:
     """Anneal the node only up to `role` and its parents (None: everything bound to it runs again).
 
     The annealer's claim and explain.why() both use states.in_target_scope(); nothing changes state here.
+    An unknown role is bad input (InvalidInput naming `target_role`), not a missing node.
     """
     node = nodes.get_node(session, node_id, for_update=True)
     role_id = None
     if role is not None:
         role_id = session.scalar(select(Role.id).where(Role.name == role))
         if role_id is None:
-            raise NotFound(f"no role named '{role}'", field="target_role")
+            raise InvalidInput("target_role", f"no role named '{role}'")
+    check_and_bump(node, expected_version, f"node {node.name}")
     node.target_role_id = role_id
-    node.version += 1
     session.flush()
     events.record(
         session,

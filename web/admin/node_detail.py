@@ -2,7 +2,7 @@
 
 Three live fragments (summary, roles, events) are re-fetched by kiln.js when an event names the node
 or one of its node-roles. Buttons post to the actions below, which call the same functions as the
-API and CLI (appliance.bmc.power, appliance.nodes, appliance.annealer.deployments).
+API and CLI (appliance.bmc.power, appliance.nodes, appliance.annealer.deployments and node_ops).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from appliance import nodes
 from appliance.annealer import deployments as deployment_ops
-from appliance.annealer import explain, states
+from appliance.annealer import explain, node_ops, states
 from appliance.bmc.power import power_nodes
 from appliance.errors import InvalidInput
 from appliance.models import Allocation, Deployment, Event, Lease, Network, NodeRole, Role, Run
@@ -104,6 +104,7 @@ def node_context(session: Session, node_id: int) -> dict[str, Any]:
         "leases": leases,
         "deployment": deployment,
         "target_role": target.name if target else None,
+        "all_roles": list(session.scalars(select(Role.name).order_by(Role.name))),
         "events": _events(session, node_id, nr_ids),
         "subjects": subjects,
         "power_buttons": POWER_BUTTONS,
@@ -144,6 +145,17 @@ def node_power(who: Caller, node_id: int) -> WerkzeugResponse:
 @action("operator")
 def node_reprovision(who: Caller, node_id: int) -> WerkzeugResponse:
     return done(reprovision(who, [node_id]))
+
+
+@bp.post("/nodes/<int:node_id>/target_role")
+@action("operator")
+def node_target_role(who: Caller, node_id: int) -> WerkzeugResponse:
+    """Set or clear (empty choice) the role the node anneals up to, as `kiln node set --target-role`."""
+    role = request.form.get("target_role", "").strip() or None
+    with kiln().db.session() as s:
+        node_ops.set_target_role(s, node_id, role, actor=who.username)
+        name = nodes.get_node(s, node_id).name
+    return done(f"{name}: target role {role or 'cleared (every node-role may run)'}")
 
 
 @bp.post("/nodes/<int:node_id>/flags")

@@ -1,15 +1,15 @@
-"""/nodes: machines of the fleet and their MACs; /nodes/<id>/redeploy."""
+"""/nodes: machines of the fleet, their MACs and target role; /nodes/<id>/redeploy."""
 
 from __future__ import annotations
 
 from flask import Blueprint
 from pydantic import Field
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import Session, defer
 
 from appliance import nodes
 from appliance.annealer import node_ops
-from appliance.models import Node, NodeMac
+from appliance.models import Node, NodeMac, Role
 from web.api.access import actor
 from web.api.endpoint import changes, endpoint, expected_version, read_session, write_session
 from web.api.paging import page_of, paginate
@@ -19,8 +19,16 @@ from web.context import kiln
 bp = Blueprint("nodes", __name__)
 
 
-def _out(node: Node) -> NodeOut:
-    return NodeOut.model_validate(node)
+def _target_role(session: Session, node: Node) -> str | None:
+    if node.target_role_id is None:
+        return None
+    return session.scalar(select(Role.name).where(Role.id == node.target_role_id))
+
+
+def _out(session: Session, node: Node) -> NodeOut:
+    out = NodeOut.model_validate(node)
+    out.target_role = _target_role(session, node)
+    return out
 
 
 @endpoint(bp, "GET", "/nodes", query=NodeQuery, response=page_of(NodeSummaryOut), summary="List nodes")
@@ -50,15 +58,18 @@ def nodes_get(query: NodeQuery) -> dict[str, object]:
 @endpoint(bp, "POST", "/nodes", body=NodeIn, response=NodeOut, status=201, summary="Create a node")
 def node_post(body: NodeIn) -> NodeOut:
     fields = changes(body)
+    target = fields.pop("target_role", None)
     with write_session() as s:
         node = nodes.create_node(s, fields.pop("name"), macs=fields.pop("macs"), actor=actor(), **fields)
-        return _out(node)
+        if target is not None:
+            node_ops.set_target_role(s, node.id, target, actor=actor())
+        return _out(s, node)
 
 
 @endpoint(bp, "GET", "/nodes/<int:node_id>", response=NodeOut, summary="Show a node")
 def node_get(node_id: int) -> NodeOut:
     with read_session() as s:
-        return _out(nodes.get_node(s, node_id))
+        return _out(s, nodes.get_node(s, node_id))
 
 
 @endpoint(bp, "PUT", "/nodes/<int:node_id>", body=NodeIn, response=NodeOut, summary="Replace a node's fields")
@@ -79,11 +90,22 @@ def node_patch(node_id: int, body: NodePatch) -> NodeOut:
 
 
 def _update(node_id: int, body: NodeIn | NodePatch) -> NodeOut:
+    fields = changes(body)
+    # PATCH: absent leaves the target role alone, null clears it; PUT: absent clears it too
+    targeting = "target_role" in fields
+    target = fields.pop("target_role", None)
+    version = expected_version(body)
     with write_session() as s:
-        node = nodes.update_node(
-            s, node_id, changes(body), expected_version=expected_version(body), actor=actor()
-        )
-        return _out(node)
+        # locked from the first read: a later FOR UPDATE would hand back this identity-mapped copy
+        # unrefreshed, and the version check would compare against a stale version (PostgreSQL)
+        node = nodes.get_node(s, node_id, for_update=True)
+        if targeting and target != _target_role(s, node):
+            node_ops.set_target_role(s, node_id, target, expected_version=version, actor=actor())
+            if not fields:
+                return _out(s, node)
+            version = None  # checked above; the bump there must not read as someone else's change
+        node = nodes.update_node(s, node_id, fields, expected_version=version, actor=actor())
+        return _out(s, node)
 
 
 @endpoint(bp, "DELETE", "/nodes/<int:node_id>", status=204, summary="Delete a node")

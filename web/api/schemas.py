@@ -69,6 +69,10 @@ class NodeIn(Strict):
     bmc_address: str | None = None
     bmc_username: str | None = None
     macs: list[str | NodeMacIn] = Field(default_factory=list, description="MACs as strings or objects")
+    target_role: str | None = Field(
+        None,
+        description="anneal the node only up to this role and its parents; null: every node-role may run",
+    )
     version: int | None = VERSION_FIELD
 
 
@@ -85,6 +89,10 @@ class NodePatch(Strict):
     bmc_address: str | None = None
     bmc_username: str | None = None
     macs: list[str | NodeMacIn] | None = Field(None, description="replaces the node's MACs")
+    target_role: str | None = Field(
+        None,
+        description="anneal the node only up to this role and its parents; null: every node-role may run",
+    )
     version: int | None = VERSION_FIELD
 
 
@@ -115,6 +123,9 @@ class NodeSummaryOut(Out):
 
 class NodeOut(NodeSummaryOut):
     inventory: dict[str, Any] = Field(description="what discovery reported")
+    target_role: str | None = Field(
+        None, description="the node anneals only up to this role and its parents; null: everything"
+    )
 
 
 class NodeQuery(ListQuery):
