@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from flask import Blueprint, request, url_for
+from flask import Blueprint, flash, redirect, request, url_for
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response as WerkzeugResponse
@@ -21,7 +21,7 @@ from appliance.annealer import explain, node_ops, states
 from appliance.bmc.power import power_nodes
 from appliance.errors import InvalidInput
 from appliance.models import Allocation, Deployment, Event, Lease, Network, NodeRole, Role, Run
-from web.admin.guard import action, done, page
+from web.admin.guard import action, back, done, page
 from web.admin.nodes import power_summary, reprovision
 from web.admin.rendering import render
 from web.api.access import Caller
@@ -145,6 +145,19 @@ def node_power(who: Caller, node_id: int) -> WerkzeugResponse:
 @action("operator")
 def node_reprovision(who: Caller, node_id: int) -> WerkzeugResponse:
     return done(reprovision(who, [node_id]))
+
+
+@bp.post("/nodes/<int:node_id>/redeploy")
+@action("operator")
+def node_redeploy(who: Caller, node_id: int) -> WerkzeugResponse:
+    """Re-install the node: the same node_ops.redeploy() as POST /api/v2/nodes/<id>/redeploy."""
+    web = kiln()
+    result = node_ops.redeploy(web.db, web.settings, node_id, actor=who.username)
+    if not result.power_cycled:
+        # the reset is committed; the operator must still power-cycle by hand: not an "ok" message
+        flash(result.summary(), "error")
+        return redirect(back())
+    return done(result.summary())
 
 
 @bp.post("/nodes/<int:node_id>/target_role")
