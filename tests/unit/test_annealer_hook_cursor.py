@@ -3,6 +3,7 @@ no annealer ran (the cursor lives in the hook_cursor row, appliance.annealer.hoo
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from appliance.db import Database, create_database
 from appliance.db.migrate import upgrade_schema
 from appliance.events import record
 from appliance.models import Event, HookCursor
+from tests.pgserver import PostgresServer
 from tests.unit import hook_targets
 from tests.unit.annealer_world import load, make_nodes, node_role
 
@@ -197,3 +199,29 @@ def test_two_annealers_on_one_database_run_each_node_role_hook_once(db: Database
     ids = [node_role(db, f"n{i}.test", "hc-ok").id for i in range(6)]
     seen = Counter((c.event, c.node_role_id) for c in hook_targets.CALLS)
     assert seen == Counter([("on_todo", i) for i in ids] + [("on_active", i) for i in ids])
+
+
+def test_on_postgresql_a_newer_event_waits_for_an_older_id_still_being_committed(
+    postgres: PostgresServer,
+) -> None:
+    db = create_database(postgres.create_database(f"kiln_hc_{os.getpid()}_{time.monotonic_ns()}"))
+    try:
+        hooks.register_hook(ROLE, "on_node_create", hook_targets.record_call)
+        first, second = make_nodes(db, 2, prefix="gap")
+        runner = hooks.HookRunner(db, "gap-watcher", gap_seconds=30)
+        slow = db.sessionmaker()
+        try:
+            with slow.begin():
+                # this transaction takes its event id first and commits last
+                record(slow, "node.create", subject_type="node", subject_id=first)
+                slow.flush()
+                with db.session() as session:
+                    record(session, "node.create", subject_type="node", subject_id=second)
+                assert runner.poll() == 0  # the hole before the committed event is young: wait
+                assert hook_targets.CALLS == []
+        finally:
+            slow.close()
+        _drain(runner, db)
+        assert [c.node_id for c in hook_targets.CALLS] == [first, second]
+    finally:
+        db.dispose()
