@@ -3,12 +3,14 @@ no annealer ran (the cursor lives in the hook_cursor row, appliance.annealer.hoo
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -225,3 +227,43 @@ def test_on_postgresql_a_newer_event_waits_for_an_older_id_still_being_committed
         assert [c.node_id for c in hook_targets.CALLS] == [first, second]
     finally:
         db.dispose()
+
+
+def _follow_in_process(url: str, name: str, end: int, out: str, start: Any) -> None:
+    """One annealer process's hook runner, until the cursor reaches `end`; each call appends a line."""
+
+    def append(call: hooks.HookCall) -> None:
+        with open(out, "a") as f:  # one short O_APPEND write per call: lines never interleave
+            f.write(f"{call.node_id}\n")
+        time.sleep(0.002)  # a hook that takes a moment: the other process polls meanwhile
+
+    database = Database(url)
+    try:
+        hooks.register_hook(ROLE, "on_node_create", append)
+        runner = hooks.HookRunner(database, name, gap_seconds=1.0)
+        start.wait(30)  # both processes start polling together, whatever their start-up took
+        deadline = time.monotonic() + 60
+        while _cursor(database).last_event_id < end and time.monotonic() < deadline:
+            runner.poll(limit=3)
+    finally:
+        database.dispose()
+
+
+def test_two_annealer_processes_call_each_hook_exactly_once(db: Database, tmp_path: Path) -> None:
+    node_ids = _created(db, 60)
+    end = _last_event(db)
+    out = tmp_path / "calls.txt"
+    out.touch()
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_follow_in_process, args=(db.url, f"proc-{i}", end, str(out), start))
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(90)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert _cursor(db).last_event_id == end
+    assert Counter(int(line) for line in out.read_text().split()) == Counter(node_ids)
