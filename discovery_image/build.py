@@ -3,14 +3,20 @@
     python -m discovery_image.build [--cache DIR] [--kernel-version V] [--force]
 
 Everything comes from installed Debian packages (linux-image-amd64, busybox-static, ipmitool, dmidecode,
-util-linux, ethtool); nothing is downloaded. The output is keyed by a hash of every byte that
-goes into it, so a second run is a cache hit and two machines with the same packages build identical
-files. Results live outside git: <cache>/<hash>/{vmlinuz,initrd.img,manifest.json} and <cache>/current.
+ethtool); nothing is downloaded. The output is keyed by a hash of every byte that goes into it, so a
+second run is a cache hit and two machines with the same packages build identical files. Results live
+outside git: <cache>/<hash>/{vmlinuz,initrd.img,bmc-tools.img,manifest.json} and <cache>/current.
+
+`bmc-tools.img` holds ipmitool and the libraries only it needs (freeipmi, OpenSSL, gcrypt: half of
+what the initramfs would otherwise carry). iPXE downloads the initramfs for every machine, and under
+emulation (and on many real NIC ROMs) it is the slowest link of a netboot; only a machine that has an
+in-band BMC (/dev/ipmi0) fetches the tools, from Linux, next to the initramfs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import gzip
 import hashlib
@@ -31,9 +37,12 @@ from discovery_image.cpio import Entry, write_newc
 HERE = Path(__file__).resolve().parent
 AGENT_DIR = HERE / "agent"
 # Bumped when the layout of the image changes in a way the file contents alone would not show.
-FORMAT = "kiln-discovery-2"
+FORMAT = "kiln-discovery-3"
 
-TOOLS = ("/usr/sbin/dmidecode", "/usr/bin/ipmitool", "/usr/bin/lsblk", "/usr/sbin/ethtool")
+TOOLS = ("/usr/sbin/dmidecode", "/usr/sbin/ethtool")
+# fetched by the agent only on machines with /dev/ipmi0 (see the module docstring)
+BMC_TOOLS = ("/usr/bin/ipmitool",)
+BMC_TOOLS_NAME = "bmc-tools.img"
 
 # Drivers for the virtual machines of the tests and the NICs/HBAs most servers carry. Loaded at boot by
 # matching device modaliases (see agent/init), so an absent driver costs only its bytes.
@@ -81,6 +90,7 @@ class Image:
     directory: Path
     kernel: Path
     initrd: Path
+    bmc_tools: Path
     digest: str
     kernel_version: str
     cached: bool
@@ -184,15 +194,8 @@ def collect_entries(kver: str) -> list[Entry]:
         if applet not in ("bin/busybox", "linuxrc"):
             add(Entry.symlink(applet, "/bin/busybox"))
 
-    libs: set[str] = set()
-    for tool in TOOLS:
-        if not Path(tool).exists():
-            raise BuildError(f"{tool} missing: install its Debian package (see scripts/bootstrap)")
-        add(Entry.file(tool.lstrip("/"), _read(tool), 0o755))
-        libs.update(shared_libraries(tool))
-    for lib in sorted(libs):
-        # the loader looks libraries up by these paths; the file behind a symlink is copied in place
-        add(Entry.file(lib.lstrip("/"), _read(os.path.realpath(lib)), 0o755))
+    for entry in tool_entries(TOOLS):
+        add(entry)
 
     files, dep_lines, aliases = select_modules(kver, MODULES)
     for rel in files:
@@ -209,6 +212,39 @@ def collect_entries(kver: str) -> list[Entry]:
     add(Entry.file("etc/group", b"root:x:0:\n"))
     add(Entry.file("etc/kiln-image", f"{FORMAT} kernel {kver}\n".encode()))
     return list(entries.values())
+
+
+def tool_entries(tools: Iterable[str], *, without: Iterable[str] = ()) -> list[Entry]:
+    """The binaries `tools` with the shared libraries they load, less the paths in `without`."""
+    skip = set(without)
+    libs: set[str] = set()
+    entries = []
+    for tool in tools:
+        if not Path(tool).exists():
+            raise BuildError(f"{tool} missing: install its Debian package (see scripts/bootstrap)")
+        entries.append(Entry.file(tool.lstrip("/"), _read(tool), 0o755))
+        libs.update(shared_libraries(tool))
+    for lib in sorted(libs):
+        if lib.lstrip("/") in skip:
+            continue
+        # the loader looks libraries up by these paths; the file behind a symlink is copied in place
+        entries.append(Entry.file(lib.lstrip("/"), _read(os.path.realpath(lib)), 0o755))
+    return entries
+
+
+def bmc_tool_entries(initrd_entries: list[Entry]) -> list[Entry]:
+    """The members of bmc-tools.img: never a file the initramfs has (the agent unpacks it over the running
+    system, and rewriting the libc that every process has mapped would crash them)."""
+    present = {entry.path for entry in initrd_entries}
+    files = tool_entries(BMC_TOOLS, without=present)
+    directories: dict[str, Entry] = {}
+    for entry in files:
+        parts = entry.path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in present:
+                directories.setdefault(parent, Entry.directory(parent))
+    return [*directories.values(), *files]
 
 
 def input_digest(kernel: bytes, entries: list[Entry]) -> str:
@@ -236,7 +272,10 @@ def build(cache: Path | None = None, *, kernel_version: str | None = None, force
     kver, vmlinuz = find_kernel(kernel_version)
     kernel = vmlinuz.read_bytes()
     entries = collect_entries(kver)
-    digest = input_digest(kernel, entries)
+    bmc_entries = bmc_tool_entries(entries)
+    digest = input_digest(
+        kernel, [*entries, *(dataclasses.replace(e, path=f"{BMC_TOOLS_NAME}/{e.path}") for e in bmc_entries)]
+    )
     target = cache / digest
     with open(cache / ".lock", "w") as lock:
         # several test workers may build at once; one builds, the others find it done
@@ -246,12 +285,14 @@ def build(cache: Path | None = None, *, kernel_version: str | None = None, force
             staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
             (staging / "vmlinuz").write_bytes(kernel)
             (staging / "initrd.img").write_bytes(compress(entries))
+            (staging / BMC_TOOLS_NAME).write_bytes(compress(bmc_entries))
             manifest = {
                 "format": FORMAT,
                 "digest": digest,
                 "kernel_version": kver,
                 "kernel_sha256": hashlib.sha256(kernel).hexdigest(),
                 "initrd_sha256": hashlib.sha256((staging / "initrd.img").read_bytes()).hexdigest(),
+                "bmc_tools_sha256": hashlib.sha256((staging / BMC_TOOLS_NAME).read_bytes()).hexdigest(),
                 "files": len(entries),
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -263,7 +304,9 @@ def build(cache: Path | None = None, *, kernel_version: str | None = None, force
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(digest)
         tmp_link.replace(link)
-    return Image(target, target / "vmlinuz", target / "initrd.img", digest, kver, cached)
+    return Image(
+        target, target / "vmlinuz", target / "initrd.img", target / BMC_TOOLS_NAME, digest, kver, cached
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  kernel  {image.kernel}  {image.kernel.stat().st_size / 2**20:.1f} MiB  ({image.kernel_version})"
     )
     print(f"  initrd  {image.initrd}  {mib:.1f} MiB  (goal <= 64 MiB)")
+    print(
+        f"  bmc     {image.bmc_tools}  {image.bmc_tools.stat().st_size / 2**20:.1f} MiB  (fetched when /dev/ipmi0 exists)"
+    )
     return 0 if mib <= 64 else 2
 
 
