@@ -19,22 +19,32 @@ from services.dhcp.packet import (
     BROADCAST_FLAG,
     DECLINE,
     DISCOVER,
+    HEADER_STRUCT,
     INFORM,
+    MAGIC,
+    MIN_REPLY,
     NAK,
     OFFER,
     OPT_CLIENT_UUID,
     OPT_RELAY_AGENT,
     RELEASE,
     REQUEST,
+    Header,
     Packet,
     encode,
     encode_options,
+    packet_from,
 )
 
 log = logging.getLogger(__name__)
 
 BROADCAST = "255.255.255.255"
 _TYPE_VALUE = {kind: bytes((kind,)) for kind in range(1, 19)}
+_PACK_HEADER = HEADER_STRUCT.pack
+_OFFER_OPTION = bytes((53, 1, OFFER))
+_ACK_OPTION = bytes((53, 1, ACK))
+# vendor classes of netbooting clients (bootfile.is_netboot_client); they take the general path
+_NETBOOT_VENDORS = (b"PXEClient", b"HTTPClient")
 SERVER_PORT = 67
 CLIENT_PORT = 68
 
@@ -75,7 +85,103 @@ class Responder:
         self._static: dict[tuple[int, int], tuple[NetworkInfo, dict[int, bytes], bytes]] = {}
         self._text: dict[int, str] = {}
 
-    # -- entry point ------------------------------------------------------------------------------------
+    # -- entry points -----------------------------------------------------------------------------------
+
+    def answer(self, header: Header, opts: dict[int, bytes], iface: Interface, now: float) -> Outgoing | None:
+        """`handle()` for the fields `packet.parse_fields()` returned, byte for byte the same answer.
+
+        The common case, a DISCOVER or a successful REQUEST from a client that is not netbooting and
+        not relayed with option 82, is answered here without building a request or a reply `Packet`:
+        the reply header is packed in one call and the network's options are appended pre-encoded.
+        Everything else (and every NAK) goes to `handle()`; a REQUEST is sent there only before
+        anything changed in the backend, so it decides afresh.
+        """
+        kind_value = opts.get(53)
+        if (
+            kind_value is None
+            or header[0] != BOOTREQUEST
+            or self.config.proxy
+            or OPT_RELAY_AGENT in opts
+            or 93 in opts
+            or 77 in opts
+            or opts.get(60, b"").startswith(_NETBOOT_VENDORS)
+        ):
+            return self.handle(packet_from(header, opts), iface, now)
+        kind = kind_value[0]
+        if kind != DISCOVER and kind != REQUEST:
+            return self.handle(packet_from(header, opts), iface, now)
+        giaddr = header[10]
+        network = self.backend.network_for(iface.name, iface.address, giaddr)
+        if network is None:
+            return None
+        chaddr = header[11][: header[2]]
+        mac = chaddr.hex(":")
+        requested = opts.get(50)
+        ciaddr = header[7]
+        if kind == DISCOVER:
+            binding = self.backend.allocate(
+                network, mac, int.from_bytes(requested, "big") if requested else None, now
+            )
+            if binding is None:
+                return None
+            ends = 0.0
+            kind = OFFER
+            option = _OFFER_OPTION
+        else:
+            server_id = opts.get(54)
+            if server_id is not None:
+                if int.from_bytes(server_id, "big") != iface.address:
+                    return self.handle(packet_from(header, opts), iface, now)
+                address = (int.from_bytes(requested, "big") if requested else 0) or ciaddr
+            elif ciaddr:
+                address = ciaddr
+            else:
+                address = int.from_bytes(requested, "big") if requested else 0
+            if not address or address & network.netmask != network.address:
+                return self.handle(packet_from(header, opts), iface, now)
+            ends = now + self.config.lease_seconds
+            binding = self.backend.claim(network, mac, address, now, ends)
+            if binding is None:
+                return self.handle(packet_from(header, opts), iface, now)
+            kind = ACK
+            option = _ACK_OPTION
+        hostname = binding.hostname
+        wire = self._static_options(network, iface.address)[1]
+        data = _PACK_HEADER(
+            BOOTREPLY, header[1], len(chaddr), 0, header[4], 0, header[6], ciaddr, binding.address, 0,
+            giaddr, chaddr, b"", b"", MAGIC,
+        )  # fmt: skip
+        if hostname:
+            data += option + encode_options({options.HOSTNAME: options.text(hostname)}, wire)
+        else:
+            data += option + wire + b"\xff"
+        if len(data) < MIN_REPLY:
+            data += bytes(MIN_REPLY - len(data))
+        if giaddr:
+            destination = (self._ip_text(giaddr), SERVER_PORT)
+        elif ciaddr:
+            destination = (self._ip_text(ciaddr), CLIENT_PORT)
+        else:
+            destination = (BROADCAST, CLIENT_PORT)
+        if kind == OFFER:
+            return Outgoing(data, destination, None, OFFER)
+        client_id = opts.get(61)
+        sent_name = opts.get(12)
+        record = LeaseRecord(
+            network.id,
+            mac,
+            binding.address,
+            "active",
+            now,
+            ends,
+            client_id.hex() if client_id else None,
+            hostname or (sent_name.decode("ascii", "replace") if sent_name else None),
+            self._ip_text(giaddr) if giaddr else None,
+            None,
+            opts.get(60, b"").decode("ascii", "replace") or None,
+            False,
+        )
+        return Outgoing(data, destination, record, ACK)
 
     def handle(self, packet: Packet, iface: Interface, now: float) -> Outgoing | None:
         kind = packet.message_type

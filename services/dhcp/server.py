@@ -28,7 +28,7 @@ from appliance.db import Database
 from appliance.errors import ConfigError
 from appliance.metrics import ERRORS, REQUESTS
 from services.dhcp.backend import DatabaseBackend
-from services.dhcp.packet import MAX_PACKET, MESSAGE_NAMES, MalformedPacket, parse
+from services.dhcp.packet import MAX_PACKET, MESSAGE_NAMES, MalformedPacket, parse_fields
 from services.dhcp.responder import Interface, Outgoing, Responder, ResponderConfig
 from services.dhcp.rogue import PROBE_MAC, RogueWatch
 
@@ -237,14 +237,14 @@ class DhcpServer:
         self, data: bytes, source: tuple[str, int], sock: socket.socket, iface: Interface, pxe: bool
     ) -> None:
         try:
-            packet = parse(data)
+            header, opts = parse_fields(data)
         except MalformedPacket as exc:
             MALFORMED.inc()
             log.debug("dhcp: dropped a malformed packet from %s on %s: %s", source[0], iface.name, exc)
             return
-        if packet.chaddr == PROBE_MAC:
+        if header[11][: header[2]] == PROBE_MAC:
             return  # our own rogue-server probe, looped back
-        out = self.responder.handle(packet, iface, time.time())
+        out = self.responder.answer(header, opts, iface, time.time())
         if out is None:
             return
         if pxe and out.data is not None:
