@@ -8,7 +8,7 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from appliance import events
@@ -99,7 +99,13 @@ def issue_token(
     return token, clear
 
 
-def user_for_token(session: Session, clear: str) -> User:
+# last_used_at is written at most this often per token: a write per API call would put every read
+# behind SQLite's write lock, and "used in the last minute" is what an operator auditing tokens needs
+TOKEN_USE_RESOLUTION = dt.timedelta(seconds=60)
+
+
+def token_and_user(session: Session, clear: str) -> tuple[Token, User]:
+    """The valid token `clear` and its user, or Unauthorized."""
     token = session.scalar(select(Token).where(Token.token_hash == _digest(clear)))
     if token is None:
         raise Unauthorized("unknown API token")
@@ -108,7 +114,31 @@ def user_for_token(session: Session, clear: str) -> User:
     user = session.get(User, token.user_id)
     if user is None or user.disabled:
         raise Unauthorized("API token's user is disabled")
-    return user
+    return token, user
+
+
+def user_for_token(session: Session, clear: str) -> User:
+    return token_and_user(session, clear)[1]
+
+
+def use_is_stale(token: Token, now: dt.datetime | None = None) -> bool:
+    """True when the token's last_used_at is older than TOKEN_USE_RESOLUTION (or unset)."""
+    if token.last_used_at is None:
+        return True
+    return (now or utcnow()) - token.last_used_at.replace(tzinfo=dt.UTC) >= TOKEN_USE_RESOLUTION
+
+
+def record_token_use(session: Session, token_id: int, now: dt.datetime | None = None) -> None:
+    """Set last_used_at, unless another request already did within TOKEN_USE_RESOLUTION."""
+    now = now or utcnow()
+    session.execute(
+        update(Token)
+        .where(
+            Token.id == token_id,
+            or_(Token.last_used_at.is_(None), Token.last_used_at < now - TOKEN_USE_RESOLUTION),
+        )
+        .values(last_used_at=now)
+    )
 
 
 def may(user_role: str, needed: str) -> bool:

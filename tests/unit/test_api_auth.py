@@ -162,3 +162,37 @@ def test_login_throttle_backs_off_exponentially_capped_and_resets_on_success() -
     throttle.succeeded("ip:a", "user:x")
     throttle.failed("ip:a")
     assert throttle.retry_after("ip:a") == 0
+
+
+def test_token_last_use_is_recorded_at_most_once_a_minute(api: Api) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from appliance.models import Token
+
+    issued = api.post("/tokens", {"name": "audit"}, role="operator").json
+    assert issued["last_used_at"] is None
+    bearer = {"Authorization": f"Bearer {issued['token']}"}
+
+    def last_used() -> str | None:
+        listed = api.get("/tokens", role="admin").json["items"]
+        found: str | None = next(t for t in listed if t["id"] == issued["id"])["last_used_at"]
+        return found
+
+    assert api.client.get("/api/v2/nodes", headers=bearer).status_code == 200
+    first = last_used()
+    assert first is not None
+    # within the minute: no write per request
+    assert api.client.get("/api/v2/nodes", headers=bearer).status_code == 200
+    assert last_used() == first
+    # a minute later the next request moves it
+    with api.db.session() as s:
+        s.execute(
+            update(Token)
+            .where(Token.id == issued["id"])
+            .values(last_used_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+    assert api.client.get("/api/v2/nodes", headers=bearer).status_code == 200
+    moved = last_used()
+    assert moved is not None and moved > first

@@ -65,7 +65,12 @@ def authenticate() -> Caller | None:
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("Authorization must be 'Bearer <token>'")
         with kiln().db.read_session() as s:
-            caller_or_none = _load(auth.user_for_token(s, value.strip()), "token")
+            token, token_user = auth.token_and_user(s, value.strip())
+            caller_or_none = _load(token_user, "token")
+            stale = auth.use_is_stale(token)
+        if stale:
+            with kiln().db.session() as w:
+                auth.record_token_use(w, token.id)
     elif "uid" in session:
         with kiln().db.read_session() as s:
             user = s.get(User, session["uid"])

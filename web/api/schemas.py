@@ -338,6 +338,7 @@ class TokenOut(Out):
     prefix: str = Field(description="the first characters of the token, to recognise it")
     created_at: Timestamp
     expires_at: Timestamp | None
+    last_used_at: Timestamp | None = Field(None, description="last use, to the minute (null: never used)")
 
 
 class NewTokenOut(TokenOut):
