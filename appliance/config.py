@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     advertise_address: str = "127.0.0.1"
     web_bind: str = "127.0.0.1:8080"
     web_port: int = 8080
+    # reverse proxies in front of the web whose X-Forwarded-For/-Proto/-Host are believed (0: none, so
+    # a client cannot claim another address to dodge the login throttle or fake the logs)
+    web_trusted_proxies: int = 0
 
     dhcp_interfaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     dhcp_proxy: bool = False
@@ -151,6 +154,13 @@ class Settings(BaseSettings):
     def _port(cls, value: int) -> int:
         if not 0 <= value <= 65535:
             raise ValueError("must be a port number 0-65535")
+        return value
+
+    @field_validator("web_trusted_proxies")
+    @classmethod
+    def _hops(cls, value: int) -> int:
+        if not 0 <= value <= 8:
+            raise ValueError("must be 0-8 (the number of proxies in front of the web)")
         return value
 
     @field_validator("metrics_ports")

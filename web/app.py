@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any
 
 from flask import Flask, redirect
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from appliance.config import Settings, load_settings
@@ -33,6 +34,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None, **c
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
     )
     app.config.update(config)
+    if settings.web_trusted_proxies:
+        # behind nginx/haproxy every request comes from the proxy: the login throttle, the logs and the
+        # discovery endpoint need the client's own address, taken from the headers the proxies append
+        hops = settings.web_trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     metrics = observability.init_app(app)
     app.extensions["kiln"] = KilnWeb(settings=settings, db=db, metrics=metrics, throttle=LoginThrottle())
     register_error_handlers(app)

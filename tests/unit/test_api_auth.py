@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from flask import request
+from pydantic import ValidationError
+
+from appliance.config import Settings
+from appliance.db import Database
 from tests.unit.api_support import PASSWORD, Api, api_fixture, sqlite_api_fixture  # noqa: F401  (fixtures)
+from web.app import create_app
 from web.throttle import LoginThrottle
 
 
@@ -196,3 +203,27 @@ def test_token_last_use_is_recorded_at_most_once_a_minute(api: Api) -> None:
     assert api.client.get("/api/v2/nodes", headers=bearer).status_code == 200
     moved = last_used()
     assert moved is not None and moved > first
+
+
+def test_client_address_comes_from_forwarded_headers_only_behind_trusted_proxies(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    seen: list[str | None] = []
+    for hops in (0, 1):
+        app = create_app(settings.model_copy(update={"web_trusted_proxies": hops}), sqlite_db, TESTING=True)
+
+        @app.get("/whoami")
+        def whoami() -> str:
+            seen.append(request.remote_addr)
+            return ""
+
+        app.test_client().get(
+            "/whoami", environ_base={"REMOTE_ADDR": "10.0.0.9"}, headers={"X-Forwarded-For": "203.0.113.7"}
+        )
+    # direct clients cannot claim another address; behind one proxy the client's own address is used
+    assert seen == ["10.0.0.9", "203.0.113.7"]
+
+
+def test_trusted_proxy_count_is_validated() -> None:
+    with pytest.raises(ValidationError, match="web_trusted_proxies"):
+        Settings(web_trusted_proxies=-1)
