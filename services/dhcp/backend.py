@@ -53,9 +53,12 @@ class NetworkInfo:
         return address & self.netmask == self.address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Binding:
-    """An address for a client: fixed (reservation or node allocation) or from the dynamic pool."""
+    """An address for a client: fixed (reservation or node allocation) or from the dynamic pool.
+
+    Not frozen (nothing changes one): a frozen dataclass's __init__ costs four times as much, and two
+    are made per DORA."""
 
     network: NetworkInfo
     address: int

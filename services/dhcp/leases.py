@@ -7,6 +7,7 @@ and builds the rows in the exact form SQLAlchemy reads back (`Lease` in applianc
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import socket
 import struct
@@ -20,6 +21,7 @@ from appliance.db import Database
 log = logging.getLogger(__name__)
 
 _PACK_IP = struct.Struct("!I").pack
+_inet_ntoa = socket.inet_ntoa
 
 
 @dataclass(slots=True)
@@ -55,12 +57,13 @@ class LeaseWriter:
         self.db = db
         self._conn: Any = None
         self._seconds: dict[int, str] = {}
+        self._sqlite = db.is_sqlite
         placeholder = "?" if db.is_sqlite else "%s"
         self._row_marks = "(" + ", ".join([placeholder] * 13) + ")"
         self._upsert_sql: dict[int, str] = {}
 
     def _time(self, value: float) -> Any:
-        if not self.db.is_sqlite:
+        if not self._sqlite:
             return dt.datetime.fromtimestamp(value, dt.UTC)
         # the text form SQLAlchemy's SQLite DateTime writes and reads back; the seconds part is cached
         # because a batch's times fall within a second or two of each other
@@ -73,11 +76,10 @@ class LeaseWriter:
         return f"{text}.{int((value - second) * 1e6):06d}"
 
     def row(self, r: LeaseRecord) -> tuple[Any, ...]:
-        starts_v, ends_v = self._time(r.starts), self._time(r.ends)
-        address = socket.inet_ntoa(_PACK_IP(r.address))
+        time_of = self._time
         return (
-            r.network_id, r.mac, address, r.address, r.client_id, r.hostname, r.state, starts_v, ends_v,
-            r.relay, r.client_arch, r.vendor_class, r.ipxe,
+            r.network_id, r.mac, _inet_ntoa(_PACK_IP(r.address)), r.address, r.client_id, r.hostname, r.state,
+            time_of(r.starts), time_of(r.ends), r.relay, r.client_arch, r.vendor_class, r.ipxe,
         )  # fmt: skip
 
     def _upsert(self, count: int) -> str:
@@ -96,7 +98,7 @@ class LeaseWriter:
             return
         # one row per address: PostgreSQL refuses to upsert the same key twice in one statement
         latest = {(row[0], row[3]): row for row in rows}
-        params = [value for row in latest.values() for value in row]
+        params = list(itertools.chain.from_iterable(latest.values()))
         sql = self._upsert(len(latest))
         if self._conn is None:
             self._conn = self.db.engine.raw_connection()

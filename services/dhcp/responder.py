@@ -45,6 +45,8 @@ _OFFER_OPTION = bytes((53, 1, OFFER))
 _ACK_OPTION = bytes((53, 1, ACK))
 # vendor classes of netbooting clients (bootfile.is_netboot_client); they take the general path
 _NETBOOT_VENDORS = (b"PXEClient", b"HTTPClient")
+# relay agent information (echoed), client architecture and user class (netboot): the general path
+_GENERAL_OPTIONS = frozenset({OPT_RELAY_AGENT, 93, 77})
 SERVER_PORT = 67
 CLIENT_PORT = 68
 
@@ -84,6 +86,8 @@ class Responder:
         # with the NetworkInfo they were made from (a refreshed index brings new objects)
         self._static: dict[tuple[int, int], tuple[NetworkInfo, dict[int, bytes], bytes]] = {}
         self._text: dict[int, str] = {}
+        self._proxy_mode = config.proxy
+        self._lease_seconds = config.lease_seconds
 
     # -- entry points -----------------------------------------------------------------------------------
 
@@ -100,10 +104,8 @@ class Responder:
         if (
             kind_value is None
             or header[0] != BOOTREQUEST
-            or self.config.proxy
-            or OPT_RELAY_AGENT in opts
-            or 93 in opts
-            or 77 in opts
+            or self._proxy_mode
+            or not opts.keys().isdisjoint(_GENERAL_OPTIONS)
             or opts.get(60, b"").startswith(_NETBOOT_VENDORS)
         ):
             return self.handle(packet_from(header, opts), iface, now)
@@ -139,7 +141,7 @@ class Responder:
                 address = int.from_bytes(requested, "big") if requested else 0
             if not address or address & network.netmask != network.address:
                 return self.handle(packet_from(header, opts), iface, now)
-            ends = now + self.config.lease_seconds
+            ends = now + self._lease_seconds
             binding = self.backend.claim(network, mac, address, now, ends)
             if binding is None:
                 return self.handle(packet_from(header, opts), iface, now)

@@ -130,6 +130,7 @@ class GroupCommit:
     def __init__(self, backend: DatabaseBackend, sent: Sent) -> None:
         self.backend = backend
         self.sent = sent
+        self._row = backend.writer.row
         self._pending: list[tuple[Outgoing, socket.socket, tuple[object, ...]]] = []
         self._first = 0.0
         self._idle = False
@@ -144,7 +145,7 @@ class GroupCommit:
     def submit(self, outgoing: Outgoing, sock: socket.socket) -> None:
         assert outgoing.lease is not None
         pending = self._pending
-        pending.append((outgoing, sock, self.backend.row(outgoing.lease)))
+        pending.append((outgoing, sock, self._row(outgoing.lease)))
         if len(pending) == 1:
             self._first = time.monotonic()
             if self._idle:
