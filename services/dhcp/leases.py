@@ -110,12 +110,13 @@ class LeaseWriter:
         conn = self._conn
         try:
             cursor = conn.cursor()
-            if self.db.is_sqlite:
-                # the engine opens SQLite in autocommit mode; one explicit transaction per batch, and
-                # synchronous=FULL makes its COMMIT the fsync the ACKs wait for
-                cursor.execute("BEGIN IMMEDIATE")
+            if self._sqlite:
+                # The engine opens SQLite in autocommit mode: the one statement is its own transaction
+                # (it takes the write lock as it starts, so busy_timeout applies), and synchronous=FULL
+                # makes its commit, at the end of the same step, the fsync the ACKs wait for. One call
+                # instead of BEGIN/INSERT/COMMIT: the committer then waits for the GIL once per batch
+                # instead of three times, which matters when the receive loop keeps the GIL busy.
                 cursor.execute(sql, params)
-                cursor.execute("COMMIT")
             else:
                 cursor.execute(sql, params)
                 conn.commit()
