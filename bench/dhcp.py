@@ -13,6 +13,16 @@ rewrites and fsyncs its whole lease file after nearly every new lease (strace he
 new leases), so with new clients on a busy disk it stalls; with one client coming back (perfdhcp's
 default -R 1, how LAB.md's figures were taken) it writes almost nothing (4 fsyncs for 800 DORAs).
 Prints each step, then the highest sustained rate of each server and the ratio, per scenario.
+
+CPU pinning (on by default, --no-pin to turn it off): perfdhcp runs on CPU 0 and the server under test
+(all its threads) on CPU 1, the same for both servers. perfdhcp stands in for a rack of other machines
+and needs a core of its own (it uses ~100 % of one at 10,000 DORA/s): unpinned, the scheduler puts it
+next to whichever server wakes it (every reply does), and the drops were perfdhcp's own receive buffer
+overflowing (RcvbufErrors in its namespace, none in the server's) while the server still had CPU left.
+Kiln's receive loop and committer spread over both cores and starved perfdhcp more than single-threaded
+dnsmasq did (one session at 12,000/s: Kiln's drops 7-12 % unpinned, 2-5 % pinned; a minimal
+single-threaded responder unaffected). Pinned, Kiln's threads share one core and pay for it in GIL
+hand-offs: each server gets exactly one core, perfdhcp the other.
 """
 
 from __future__ import annotations
@@ -66,12 +76,26 @@ class Step:
         return self.acks > 0 and max(self.drops) < 1.0
 
 
+# (perfdhcp's CPU, the server's CPU) when pinning; None: the scheduler decides (see the docstring)
+PINNING: tuple[int, int] | None = None
+
+
+def pin_server(pid: int) -> None:
+    """Move every thread of the server process `pid` to the server's CPU."""
+    if PINNING is not None:
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", str(PINNING[1]), str(pid)], check=True, capture_output=True
+        )
+
+
 def perfdhcp(
     client: Namespace, rate: int, seconds: int, clients: int
 ) -> tuple[float, tuple[float, float], int]:
+    pinned = ["taskset", "-c", str(PINNING[0])] if PINNING is not None else []
     # -W: after the period, wait 0.5 s for replies still in flight instead of counting them as drops
     out = client.run(
         [
+            *pinned,
             "perfdhcp",
             "-4",
             "-l",
@@ -105,6 +129,7 @@ def run_kiln(
     kiln = KilnDhcp(server, workdir, url, ["eth0"], env={"KILN_ADVERTISE_ADDRESS": SERVER}).start()
     assert kiln.proc is not None
     try:
+        pin_server(kiln.proc.pid)
         cpu = cpu_seconds(kiln.proc.pid)
         achieved, drops, acks = perfdhcp(client, rate, seconds, clients)
         cpu = cpu_seconds(kiln.proc.pid) - cpu
@@ -129,6 +154,7 @@ def run_dnsmasq(
     )  # fmt: skip
     try:
         time.sleep(0.5)  # dnsmasq has no readiness signal; perfdhcp retries nothing, so give it a moment
+        pin_server(proc.pid)
         cpu = cpu_seconds(proc.pid)
         achieved, drops, acks = perfdhcp(client, rate, seconds, clients)
         cpu = cpu_seconds(proc.pid) - cpu
@@ -151,10 +177,18 @@ def main() -> None:
         help="perfdhcp -R values, one scenario each: 1 = every DORA from the same client (perfdhcp's "
         "default, how LAB.md's figures were taken); 16000000 = nearly every DORA from a new client",
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the scheduler place perfdhcp and the server (default: perfdhcp on CPU 0, server on CPU 1)",
+    )
     args = parser.parse_args()
+    global PINNING
+    if not args.no_pin and (os.cpu_count() or 1) >= 2:
+        PINNING = (0, 1)
     rates = [int(r) for r in args.rates.split(",")]
     scenarios = [int(c) for c in args.clients.split(",")]
-    for tool in ("perfdhcp", "dnsmasq"):
+    for tool in ("perfdhcp", "dnsmasq", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/dhcp.py needs {tool} (scripts/bootstrap --test)")
     server, client = Namespace.create("kbs"), Namespace.create("kbc")
@@ -169,8 +203,10 @@ def main() -> None:
     finally:
         server.delete()
         client.delete()
+    pinning = "not pinned" if PINNING is None else f"perfdhcp on CPU {PINNING[0]}, server on CPU {PINNING[1]}"
     print(
-        f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)"
+        f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs; "
+        f"{pinning})"
     )
     for clients, best in summary:
         print(f"perfdhcp -R {clients}:")
