@@ -66,6 +66,9 @@ _FIXED_LENGTH = {
 }
 
 
+_FIXED_ITEMS = tuple(_FIXED_LENGTH.items())
+
+
 class MalformedPacket(KilnError):
     """The bytes are not a DHCP message this server can read."""
 
@@ -207,11 +210,10 @@ def parse_fields(data: bytes) -> tuple[Header, dict[int, bytes]]:
             file if not overload[0] & 1 else b"",
             header[14],
         )
-    for code in _FIXED_LENGTH.keys() & options.keys():
-        if len(options[code]) != _FIXED_LENGTH[code]:
-            raise MalformedPacket(
-                f"option {code} must be {_FIXED_LENGTH[code]} bytes, not {len(options[code])}"
-            )
+    for code, length in _FIXED_ITEMS:
+        value = options.get(code)
+        if value is not None and len(value) != length:
+            raise MalformedPacket(f"option {code} must be {length} bytes, not {len(value)}")
     message_type = options.get(OPT_MESSAGE_TYPE)
     if message_type is not None and not 1 <= message_type[0] <= 18:
         raise MalformedPacket(f"unknown DHCP message type {message_type[0]}")

@@ -19,6 +19,7 @@ from services.dhcp.packet import (
     BROADCAST_FLAG,
     DECLINE,
     DISCOVER,
+    HEADER_SIZE,
     HEADER_STRUCT,
     INFORM,
     MAGIC,
@@ -26,6 +27,7 @@ from services.dhcp.packet import (
     NAK,
     OFFER,
     OPT_CLIENT_UUID,
+    OPT_END,
     OPT_RELAY_AGENT,
     RELEASE,
     REQUEST,
@@ -49,6 +51,7 @@ _NETBOOT_VENDORS = (b"PXEClient", b"HTTPClient")
 _GENERAL_OPTIONS = frozenset({OPT_RELAY_AGENT, 93, 77})
 SERVER_PORT = 67
 CLIENT_PORT = 68
+_BROADCAST_DESTINATION = (BROADCAST, CLIENT_PORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,10 @@ class Responder:
         self._static: dict[tuple[int, int], tuple[NetworkInfo, dict[int, bytes], bytes]] = {}
         self._text: dict[int, str] = {}
         self._proxy_mode = config.proxy
+        # fast path: per (network id, server id) the bytes after the header of an OFFER and of an ACK;
+        # per relay address where its replies go
+        self._tails: dict[tuple[int, int], tuple[NetworkInfo, bytes, bytes]] = {}
+        self._relay_destination: dict[int, tuple[str, int]] = {}
         self._lease_seconds = config.lease_seconds
 
     # -- entry points -----------------------------------------------------------------------------------
@@ -148,23 +155,26 @@ class Responder:
             kind = ACK
             option = _ACK_OPTION
         hostname = binding.hostname
-        wire = self._static_options(network, iface.address)[1]
         data = _PACK_HEADER(
             BOOTREPLY, header[1], len(chaddr), 0, header[4], 0, header[6], ciaddr, binding.address, 0,
             giaddr, chaddr, b"", b"", MAGIC,
         )  # fmt: skip
         if hostname:
+            wire = self._static_options(network, iface.address)[1]
             data += option + encode_options({options.HOSTNAME: options.text(hostname)}, wire)
+            if len(data) < MIN_REPLY:
+                data += bytes(MIN_REPLY - len(data))
         else:
-            data += option + wire + b"\xff"
-        if len(data) < MIN_REPLY:
-            data += bytes(MIN_REPLY - len(data))
+            tails = self._tails.get((network.id, iface.address))
+            if tails is None or tails[0] is not network:
+                tails = self._make_tails(network, iface.address)
+            data += tails[1] if kind == OFFER else tails[2]
         if giaddr:
-            destination = (self._ip_text(giaddr), SERVER_PORT)
+            destination = self._relay_destination.get(giaddr) or self._to_relay(giaddr)
         elif ciaddr:
             destination = (self._ip_text(ciaddr), CLIENT_PORT)
         else:
-            destination = (BROADCAST, CLIENT_PORT)
+            destination = _BROADCAST_DESTINATION
         if kind == OFFER:
             return Outgoing(data, destination, None, OFFER)
         client_id = opts.get(61)
@@ -298,6 +308,23 @@ class Responder:
                 self._text.clear()
             text = self._text[address] = options.ip_text(address)
         return text
+
+    def _make_tails(self, network: NetworkInfo, server_id: int) -> tuple[NetworkInfo, bytes, bytes]:
+        """What follows the header of an OFFER and of an ACK without a host name on `network`: message
+        type, the network's options, End, and the padding up to the BOOTP minimum (fast path)."""
+        if len(self._tails) > 1024:
+            self._tails.clear()
+        wire = self._static_options(network, server_id)[1] + bytes((OPT_END,))
+        pad = bytes(max(0, MIN_REPLY - HEADER_SIZE - len(_OFFER_OPTION) - len(wire)))
+        tails = (network, _OFFER_OPTION + wire + pad, _ACK_OPTION + wire + pad)
+        self._tails[(network.id, server_id)] = tails
+        return tails
+
+    def _to_relay(self, giaddr: int) -> tuple[str, int]:
+        if len(self._relay_destination) > 4096:
+            self._relay_destination.clear()
+        destination = self._relay_destination[giaddr] = (self._ip_text(giaddr), SERVER_PORT)
+        return destination
 
     def _static_options(self, network: NetworkInfo, server_id: int) -> tuple[dict[int, bytes], bytes]:
         key = (network.id, server_id)
