@@ -358,3 +358,52 @@ def test_install_appliance_refuses_bad_arguments_before_touching_the_machine(
     result = _run([str(REPO / "scripts/install-appliance"), *args])
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_wheel_install_carries_bootenvs_templates_agent_barclamp_scripts_and_migrations(
+    tmp_path: Path,
+) -> None:
+    # built offline with the venv's setuptools, installed into a bare directory, used from elsewhere:
+    # what appliance/ looks up beside itself must be in the wheel, not only in a source checkout
+    subprocess.run(
+        [
+            str(BIN / "pip"),
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(REPO),
+            "-w",
+            str(tmp_path / "w"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "w").glob("kiln-*.whl")
+    target = tmp_path / "site"
+    subprocess.run(
+        [str(BIN / "pip"), "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    probe = (
+        "import json, appliance.pxe as p, appliance.annealer.barclamps as b, appliance.db.migrate as m\n"
+        "lib = p.PxeLibrary()\n"
+        "print(json.dumps([p.__file__, sorted(lib.shipped), (b.CORE_DIR / 'scripts' / 'ntp-client.sh').is_file(),\n"
+        "    len(list((m.MIGRATIONS / 'versions').glob('0*.py')))]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    where, bootenvs, script, migrations = json.loads(done.stdout)
+    assert where.startswith(str(target))
+    assert {"discovery", "local"} <= set(bootenvs)
+    assert script
+    assert migrations >= 5
+    agent = target / "discovery_image" / "agent"
+    assert os.access(agent / "kiln-agent", os.X_OK) and (target / "discovery_image" / "build.py").is_file()
