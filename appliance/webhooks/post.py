@@ -58,6 +58,7 @@ class Answer:
     status_code: int | None
     error: str | None
     seconds: float
+    posted: bool = True  # False: nothing went to the receiver (sink gone, event pruned, a bug)
 
     @property
     def ok(self) -> bool:

@@ -256,3 +256,43 @@ def test_https_receivers_are_verified_against_the_trusted_cas(
         assert [r.headers["X-Kiln-Event"] for r in tls.requests] == ["node.update"]
     finally:
         tls.stop()
+
+
+def test_a_sink_that_does_not_answer_is_held_back_then_catches_up_when_it_answers(
+    db: Database, fast: Settings, hanging: HangingReceiver
+) -> None:
+    settings = fast.model_copy(
+        update={"webhooks_timeout": 0.3, "webhooks_per_sink": 1, "webhooks_backoff_seconds": 1.0}
+    )
+    sink_id = add_sink(db, settings, hanging.url, "node.*")
+    first = [record_event(db, "node.update", n=i) for i in range(3)]
+    worker = WebhookWorker(db, settings)
+    good = Receiver().start()
+    try:
+        step_until(worker, lambda: sink_id in worker.held)
+        assert REGISTRY.get_sample_value("kiln_webhook_sinks_held") == 1.0
+        # while held, new events make no delivery rows: nothing for the annealer's write lock
+        later = [record_event(db, "node.update", n=i) for i in range(3, 23)]
+        rows_while_held = len(deliveries(db))
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            worker.step()
+            worker.wakeup.wait(0.02)
+        assert len(deliveries(db)) == rows_while_held == 3
+        assert len(hanging.accepted) == 1  # one chunk went into the silence, nothing since
+        # the receiver is back (at a new address): the hold ends, the backlog is fanned out and sent
+        with db.session() as s:
+            sinks.update_sink(s, settings, sinks.get_sink(s, sink_id), url=good.url)
+        wanted = {str(i) for i in first + later}
+        step_until(
+            worker,
+            lambda: wanted <= {r.headers["X-Kiln-Event-Id"] for r in good.requests},
+            timeout=30,
+        )
+        step_until(worker, lambda: not worker.inflight)
+    finally:
+        worker.close()
+        good.stop()
+    assert sink_id not in worker.held
+    assert REGISTRY.get_sample_value("kiln_webhook_sinks_held") == 0.0
+    assert all(d.status == "delivered" for d in deliveries(db) if d.event_id in set(first + later))
