@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # reverse proxies in front of the web whose X-Forwarded-For/-Proto/-Host are believed (0: none, so
     # a client cannot claim another address to dodge the login throttle or fake the logs)
     web_trusted_proxies: int = 0
+    # when set, GET /metrics on the web port wants `Authorization: Bearer <this>` (Prometheus:
+    # `authorization: {credentials: ...}`); empty leaves it open, like the services' 127.0.0.1 listeners
+    web_metrics_token: SecretStr = Field(default_factory=lambda: SecretStr(""))
 
     dhcp_interfaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     dhcp_proxy: bool = False

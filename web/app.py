@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None, **c
         # discovery endpoint need the client's own address, taken from the headers the proxies append
         hops = settings.web_trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
-    metrics = observability.init_app(app)
+    metrics = observability.init_app(app, settings.web_metrics_token.get_secret_value())
     app.extensions["kiln"] = KilnWeb(settings=settings, db=db, metrics=metrics, throttle=LoginThrottle())
     register_error_handlers(app)
     app.register_blueprint(create_blueprint())

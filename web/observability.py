@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hmac
 import logging
 import time
 import uuid
@@ -131,7 +132,7 @@ def _loggable_path() -> str:
 _SECRET_WORDS = ("token", "password", "secret", "key")
 
 
-def init_app(app: Flask) -> WebMetrics:
+def init_app(app: Flask, metrics_token: str = "") -> WebMetrics:
     metrics = WebMetrics()
 
     @app.before_request
@@ -167,6 +168,13 @@ def init_app(app: Flask) -> WebMetrics:
 
     @app.get("/metrics")
     def metrics_view() -> Response:
+        if metrics_token:
+            scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                sent.strip().encode(), metrics_token.encode()
+            ):
+                body = '{"error": "/metrics needs the metrics token (Authorization: Bearer ...)", "field": "Authorization"}'
+                return Response(body, status=401, mimetype="application/json")
         return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     return metrics

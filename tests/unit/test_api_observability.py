@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 from flask import Blueprint
+from pydantic import SecretStr
 
 import web.api
+from appliance.config import Settings
 from appliance.db import Database
 from tests.unit.api_support import Api, sqlite_api_fixture  # noqa: F401  (fixtures)
 from web.app import create_app
@@ -91,3 +93,18 @@ def test_unreachable_database_is_503_with_retry_after(sqlite_api: Api, tmp_path:
     assert r.status_code == 503 and r.headers["Retry-After"] == "5" and r.is_json
     assert "Traceback" not in r.data.decode()
     gone.dispose()
+
+
+def test_metrics_token_when_set_is_required_as_a_bearer_token(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    open_app = create_app(settings, sqlite_db, TESTING=True).test_client()
+    assert open_app.get("/metrics").status_code == 200
+    locked = create_app(
+        settings.model_copy(update={"web_metrics_token": SecretStr("scrape-me")}), sqlite_db, TESTING=True
+    ).test_client()
+    refused = locked.get("/metrics")
+    assert refused.status_code == 401 and refused.json["field"] == "Authorization"
+    assert locked.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    scraped = locked.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert scraped.status_code == 200 and b"kiln_http_requests_total" in scraped.data
