@@ -22,7 +22,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, or_, select, update
 
 from appliance.db import Database
-from appliance.events import record
+from appliance.events import IdGaps, record
 from appliance.models import Event, HookCursor, NodeRole, Role, utcnow
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,8 @@ class HookRunner:
     the lease runs out and another annealer runs the whole window again, so a hook may see an event a
     second time then; hooks should be idempotent. In normal running every hook call happens once.
 
-    PostgreSQL hands out event ids before commit, so the window stops before a hole in the ids until
-    it fills or has stayed open `gap_seconds` (a rolled-back transaction leaves one for good); an event
-    committed later than that after a newer one misses its hooks. SQLite commits one writer at a
-    time, so its ids never arrive out of order.
+    A window never passes an event id that may still be committing (PostgreSQL; events.IdGaps): an
+    event committed more than `gap_seconds` after a newer one misses its hooks.
     """
 
     def __init__(
@@ -136,11 +134,10 @@ class HookRunner:
         self.db = db
         self.actor = actor
         self.lease = dt.timedelta(seconds=lease_seconds)
-        self.gap_seconds = gap_seconds
+        self.gaps = IdGaps(ordered=db.is_sqlite, gap_seconds=gap_seconds)
         # with no hook to call, moving the cursor is the only work: a write, so not on every step
         self.skip_interval = skip_interval
         self._last_skip = 0.0
-        self._gaps: dict[int, float] = {}
 
     def poll(self, limit: int = 500) -> int:
         """Claim the next window of events, run its hooks, move the cursor; returns hooks called."""
@@ -162,7 +159,7 @@ class HookRunner:
             )
             if not ids:
                 return 0
-            upto = self._settled(last, ids)
+            upto = self.gaps.settled(last, ids)
             if upto <= last:
                 return 0
             calls: list[tuple[Hook, HookCall]] = []
@@ -236,22 +233,6 @@ class HookRunner:
             cursor_t.c.claimed_by == self.actor,
             cursor_t.c.claimed_upto == upto,
         ]
-
-    def _settled(self, last: int, ids: list[int]) -> int:
-        """The highest event id the window may reach: before the first hole still young (PostgreSQL)."""
-        if self.db.is_sqlite:
-            return ids[-1]
-        now = time.monotonic()
-        expected = last + 1
-        for event_id in ids:
-            while expected < event_id:
-                opened = self._gaps.setdefault(expected, now)
-                if now - opened < self.gap_seconds:
-                    return expected - 1
-                expected += 1
-            expected = event_id + 1
-        self._gaps = {i: t for i, t in self._gaps.items() if i > ids[-1]}
-        return ids[-1]
 
     def _calls(self, session: Any, events: Iterable[Any]) -> Iterable[tuple[Hook, HookCall]]:
         for _, action, subject_id, data in events:

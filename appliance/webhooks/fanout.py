@@ -2,22 +2,18 @@
 (`last_event_id`) moves past them in the same transaction, by compare-and-set, and (sink, event) is
 unique, so two webhook workers never create a delivery twice.
 
-PostgreSQL hands out event ids before commit, so id 11 can be visible while 10 is still being
-committed. The fan-out stops before such a hole until it fills or has stayed open `gap_seconds`
-(a rolled-back transaction leaves one for good); an event committed later than that after a newer one
-is not delivered. SQLite commits one writer at a time, so its ids never arrive out of order.
+The fan-out never passes an event id that may still be committing (PostgreSQL): see events.IdGaps.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, insert, select, update
 
 from appliance.db import Database
+from appliance.events import IdGaps
 from appliance.models import Delivery, Event, EventSink, utcnow
 from appliance.webhooks.sinks import matches
 
@@ -40,8 +36,15 @@ class FanOut:
     def __init__(self, db: Database, *, batch: int, gap_seconds: float) -> None:
         self.db = db
         self.batch = batch
-        self.gap_seconds = gap_seconds
-        self._gaps: dict[int, float] = {}
+        self.gaps = IdGaps(ordered=db.is_sqlite, gap_seconds=gap_seconds)
+
+    @property
+    def gap_seconds(self) -> float:
+        return self.gaps.gap_seconds
+
+    @gap_seconds.setter
+    def gap_seconds(self, value: float) -> None:
+        self.gaps.gap_seconds = value
 
     def run(self, sinks: dict[int, Sink]) -> int:
         """New events → pending deliveries. Returns the number of events read past the oldest cursor."""
@@ -64,7 +67,7 @@ class FanOut:
             ).all()
         if not events:
             return 0
-        upto = self._settled(low, [e[0] for e in events])
+        upto = self.gaps.settled(low, [e[0] for e in events])
         if upto <= low:
             return 0
         # rows are built before the write transaction: on SQLite the annealer waits for every moment
@@ -104,20 +107,3 @@ class FanOut:
                 if rows:
                     session.execute(insert(deliveries_t), rows)
         return sum(1 for e in events if e[0] <= upto)
-
-    def _settled(self, low: int, ids: Sequence[int]) -> int:
-        """The highest event id the fan-out may pass: before the first hole still young (PostgreSQL)."""
-        if self.db.is_sqlite:
-            return ids[-1]
-        now = time.monotonic()
-        expected = low + 1
-        for event_id in ids:
-            while expected < event_id:
-                first_seen = self._gaps.setdefault(expected, now)
-                if now - first_seen < self.gap_seconds:
-                    return expected - 1
-                expected += 1
-            expected = event_id + 1
-        for stale in [i for i in self._gaps if i <= ids[-1]]:
-            del self._gaps[stale]
-        return ids[-1]
