@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     tftp_root: Path = Path("/var/lib/kiln/tftp")
     tftp_bind: str = "0.0.0.0"
     tftp_port: int = 69
+    # microseconds a responder polls for the next ACK before sleeping (services/busypoll.py); 0: never
+    tftp_busy_poll_us: int = 200
 
     dns_bind: str = "0.0.0.0"
     dns_port: int = 53
@@ -157,6 +159,13 @@ class Settings(BaseSettings):
     def _port(cls, value: int) -> int:
         if not 0 <= value <= 65535:
             raise ValueError("must be a port number 0-65535")
+        return value
+
+    @field_validator("tftp_busy_poll_us")
+    @classmethod
+    def _busy_poll(cls, value: int) -> int:
+        if not 0 <= value <= 10_000:
+            raise ValueError("must be 0-10000 microseconds (0: never busy-poll)")
         return value
 
     @field_validator("web_trusted_proxies")

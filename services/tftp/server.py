@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from appliance.config import Settings
 from appliance.db import Database
+from services import busypoll
 from services.tftp import packet
 from services.tftp.files import FileStore, Refused, install_loaders
 
@@ -169,8 +170,10 @@ class TftpServer:
         generated: Mapping[str, Callable[[], bytes]] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        busy_poll: float = busypoll.DEFAULT_WINDOW,
     ) -> None:
         self.files = FileStore(root, generated)
+        self.spin = busypoll.SpinPolicy(busy_poll)
         self.timeout = timeout
         self.retries = retries
         self.family = socket.AF_INET6 if ":" in bind else socket.AF_INET
@@ -380,9 +383,10 @@ class TftpServer:
         next_scan = time.monotonic() + TICK
         poll, monotonic, on_transfer = self.epoll.poll, time.monotonic, self._on_transfer
         transfers = self.transfers
+        spin, wait, spin_until = self.spin, busypoll.wait, 0.0
         try:
             while not stop.is_set():
-                events = poll(TICK)
+                events = wait(poll, spin, spin_until, TICK)
                 now = monotonic()
                 for fd, _mask in events:
                     transfer = transfers.get(fd)
@@ -390,6 +394,8 @@ class TftpServer:
                         on_transfer(transfer, now)
                     elif fd == listen_fd:
                         self._on_request(now)
+                # the next ACK of a transfer in flight is one round trip away: poll for it before sleeping
+                spin_until = spin.armed(monotonic()) if events and transfers else 0.0
                 if now >= next_scan:
                     self._check_timers(now)
                     next_scan = now + TICK
@@ -419,5 +425,6 @@ def serve(settings: Settings, db: Database, stop: threading.Event) -> None:
         settings.tftp_bind,
         settings.tftp_port,
         generated={"kiln.ipxe": lambda: script},
+        busy_poll=settings.tftp_busy_poll_us / 1e6,
     )
     server.run(stop)
