@@ -3,19 +3,15 @@
 `serve(settings, db, stop)` is the entry point (`kiln serve`, systemd). The hot path is: recvfrom →
 `packet.parse_fields` → `Responder.answer` (in-memory lookups) → sendto; an ACK goes through
 `GroupCommit`, which writes up to 64 leases in one fsync'd transaction (whatever arrived within ~2 ms
-of the first, ~4 ms while leases keep coming) and sends their ACKs only once that transaction is
-committed.
+of the first) from the same loop and sends their ACKs only once that transaction is committed.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import fcntl
 import gc
 import ipaddress
 import logging
-import os
 import select
 import socket
 import struct
@@ -36,11 +32,9 @@ from services.dhcp.rogue import PROBE_MAC, RogueWatch
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 64
-# How long a batch waits for more leases after its first one: short when the committer was idle (a lone
-# client's ACK leaves ~2 ms after its REQUEST), longer while leases keep coming (the previous commit
-# ended with leases already waiting), so that a busy server spends each fsync on more leases.
-BATCH_WAIT = 0.002
-BATCH_WAIT_BUSY = 0.004
+# How long a batch waits for more leases after its first one: a lone client's ACK leaves ~2 ms after its
+# REQUEST; under load whatever the socket queued during the previous commit joins the next batch.
+BATCH_WAIT = 0.0005
 PXE_PORT = 4011
 REFRESH_SECONDS = 1.0
 _SIOCGIFADDR = 0x8915
@@ -114,104 +108,42 @@ class Sent:
 
 
 class GroupCommit:
-    """Leases are written in batches; each batch's ACKs leave only after its transaction commits.
+    """Leases are written in batches by the receive loop itself; each batch's ACKs leave only after its
+    transaction commits.
 
-    The committer thread runs only the transaction (SQLite and fsync release the GIL); rows are
-    formatted by the receive thread in `submit()` and the ACKs are sent by the receive thread in
-    `deliver()`, woken through an eventfd. A committer that sent the ACKs itself would wait for the GIL
-    after every sendto while the receive loop is busy, and fall behind exactly under load.
-
-    No lock and no condition variable: `submit()` only appends to a list and the committer takes
-    slices off its front (each one step under the GIL). The committer sleeps out the batch window
-    (~2 ms after the batch's first lease) and needs a wake-up only when it went idle with nothing
-    pending; that is one eventfd write per idle period instead of a notify per batch.
+    The loop calls `submit()` for every lease and `flush()` once the batch is due: `BATCH_MAX` leases, or
+    `BATCH_WAIT` after the first one. `flush()` writes the batch in one fsync'd transaction and then sends
+    its ACKs; packets that arrive meanwhile wait in the socket's 8 MiB buffer and are answered right
+    after. One thread on purpose: a committer thread had to take the GIL back from the busy receive loop
+    several times per batch, each time waiting up to the 5 ms switch interval, and its ACKs then left in
+    bursts that overflowed the clients' buffers. Inline, the same benchmark spent 15-20 % less CPU per
+    lease and sustained more (DESIGN-NOTES.md, "DHCP: group commit in the receive loop").
     """
 
     def __init__(self, backend: DatabaseBackend, sent: Sent) -> None:
         self.backend = backend
         self.sent = sent
         self._row = backend.writer.row
-        self._pending: list[tuple[Outgoing, socket.socket, tuple[object, ...]]] = []
-        self._first = 0.0
-        self._idle = False
-        self._ready: collections.deque[list[tuple[Outgoing, socket.socket, tuple[object, ...]]]] = (
-            collections.deque()
-        )
+        self.pending: list[tuple[Outgoing, socket.socket, tuple[object, ...]]] = []
+        self.deadline = 0.0  # monotonic time the pending batch is due
         self.batches = self.rows = 0
         self.seconds = 0.0
-        self._work_fd = os.eventfd(0, os.EFD_NONBLOCK)  # receive thread -> idle committer
-        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK)  # committer -> receive thread: ACKs to send
 
     def submit(self, outgoing: Outgoing, sock: socket.socket) -> None:
         assert outgoing.lease is not None
-        pending = self._pending
+        pending = self.pending
         pending.append((outgoing, sock, self._row(outgoing.lease)))
         if len(pending) == 1:
-            self._first = time.monotonic()
-            if self._idle:
-                self._idle = False
-                os.eventfd_write(self._work_fd, 1)
+            self.deadline = time.monotonic() + BATCH_WAIT
 
-    def run(self, stop: threading.Event) -> None:
-        pending = self._pending
-        poll = select.poll()
-        poll.register(self._work_fd, select.POLLIN)
-        wait = BATCH_WAIT
-        while True:
-            if not pending:
-                wait = BATCH_WAIT
-                self._idle = True
-                # checked again after saying so: an ACK submitted in between must not wait for the timeout
-                if not pending:
-                    poll.poll(200)
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(self._work_fd)
-                self._idle = False
-                if not pending:
-                    if stop.is_set():
-                        return
-                    continue
-            remaining = self._first + wait - time.monotonic()
-            if remaining > 0 and not stop.is_set():
-                time.sleep(remaining)
-            # slicing and deleting the front are each one step under the GIL; appends go to the end
-            batch = pending[:BATCH_MAX]
-            del pending[:BATCH_MAX]
-            if pending:
-                self._first = time.monotonic()
-            self._write(batch)
-            if pending:
-                wait = BATCH_WAIT_BUSY
-
-    def _write(self, batch: list[tuple[Outgoing, socket.socket, tuple[object, ...]]]) -> None:
-        started = time.monotonic()
-        try:
-            self.backend.commit_rows([row for _out, _sock, row in batch])
-            took = time.monotonic() - started
-            COMMIT_SECONDS.observe(took)
-            self.batches += 1
-            self.rows += len(batch)
-            self.seconds += took
-        except Exception:
-            records = [out.lease for out, _sock, _row in batch if out.lease is not None]
-            COMMIT_FAILED.inc(len(records))
-            log.exception("dhcp: could not commit %d leases; their ACKs are dropped", len(records))
-            self.backend.undo(records)
-            return
-        COMMITTED.inc(len(batch))
-        self._ready.append(batch)
-        os.eventfd_write(self.wake_fd, 1)
-        for out, _sock, row in batch:
-            if row[6] == "declined":
-                self._declined(out)
-
-    def deliver(self) -> None:
-        """Send the ACKs of committed batches (receive thread)."""
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.wake_fd)
-        counts = self.sent.counts
-        while self._ready:
-            for out, sock, _row in self._ready.popleft():
+    def flush(self) -> None:
+        """Commit the first `BATCH_MAX` pending leases and send their ACKs; the rest is due at once."""
+        pending = self.pending
+        batch = pending[:BATCH_MAX]
+        del pending[:BATCH_MAX]
+        if self._write(batch):
+            counts = self.sent.counts
+            for out, sock, _row in batch:
                 if out.data is None:
                     continue
                 try:
@@ -220,7 +152,30 @@ class GroupCommit:
                 except OSError as exc:
                     log.warning("dhcp: sending to %s failed: %s", out.destination, exc)
 
+    def _write(self, batch: list[tuple[Outgoing, socket.socket, tuple[object, ...]]]) -> bool:
+        started = time.monotonic()
+        try:
+            self.backend.commit_rows([row for _out, _sock, row in batch])
+        except Exception:
+            records = [out.lease for out, _sock, _row in batch if out.lease is not None]
+            COMMIT_FAILED.inc(len(records))
+            log.exception("dhcp: could not commit %d leases; their ACKs are dropped", len(records))
+            self.backend.undo(records)
+            return False
+        took = time.monotonic() - started
+        COMMIT_SECONDS.observe(took)
+        COMMITTED.inc(len(batch))
+        self.batches += 1
+        self.rows += len(batch)
+        self.seconds += took
+        for out, _sock, row in batch:
+            if row[6] == "declined":
+                self._declined(out)
+        return True
+
     def close(self) -> None:
+        while self.pending:  # leases answered before the stop still get committed and ACKed
+            self.flush()
         if self.batches:
             log.info(
                 "dhcp: committed %d leases in %d batches (%.1f per batch, %.2f ms per commit)",
@@ -229,8 +184,6 @@ class GroupCommit:
                 self.rows / self.batches,
                 1000 * self.seconds / self.batches,
             )
-        os.close(self.wake_fd)
-        os.close(self._work_fd)
 
     def _declined(self, out: Outgoing) -> None:
         assert out.lease is not None
@@ -270,30 +223,26 @@ class DhcpServer:
             log.info("dhcp: serving %s (%s)", ifname, ipaddress.IPv4Address(self.interfaces[-1][0].address))
 
     def close(self) -> None:
-        self.commit.deliver()  # ACKs committed during shutdown
+        self.commit.close()  # leases answered before the stop are committed and ACKed
         self.sent.flush()
         for sock, _iface, _pxe in self.sockets.values():
             sock.close()
         self.sockets.clear()
         self.epoll.close()
-        self.commit.close()
 
     def run(self, stop: threading.Event) -> None:
         """The receive loop. Everything a packet goes through is inlined here, on purpose: this runs for
         every packet, and each Python call it saves is CPU the load generator or the committer gets."""
-        wake_fd = self.commit.wake_fd
-        self.epoll.register(wake_fd, select.EPOLLIN)
         poll = self.epoll.poll
         sockets = self.sockets
         answer = self.responder.answer
         submit = self.commit.submit
         counts = self.sent.counts
-        clock = time.time
+        clock, monotonic = time.time, time.monotonic
+        commit = self.commit
+        pending = commit.pending
         while not stop.is_set():
-            for fd, _events in poll(0.25):
-                if fd == wake_fd:
-                    self.commit.deliver()
-                    continue
+            for fd, _events in poll(max(0.0, commit.deadline - monotonic()) if pending else 0.25):
                 sock, iface, pxe = sockets[fd]
                 recvfrom = sock.recvfrom
                 for _ in range(256):  # drain, but give the other interfaces a turn
@@ -316,6 +265,10 @@ class DhcpServer:
                             out.destination = source  # proxyDHCP on 4011 answers where the client asked
                         if out.lease is not None:
                             submit(out, sock)
+                            # checked per lease, not per drain: a busy socket would stretch the batch
+                            # and its burst of ACKs past what the clients' buffers take
+                            if len(pending) >= BATCH_MAX or monotonic() >= commit.deadline:
+                                commit.flush()
                         elif out.data is not None:
                             sock.sendto(out.data, out.destination)
                             counts[out.kind] += 1
@@ -327,6 +280,8 @@ class DhcpServer:
                     except Exception:
                         HANDLER_FAILED.inc()
                         log.exception("dhcp: failed to answer a packet on %s", iface.name)
+            if pending and (len(pending) >= BATCH_MAX or monotonic() >= commit.deadline):
+                commit.flush()
 
 
 def _housekeeping(backend: DatabaseBackend, sent: Sent, stop: threading.Event) -> None:
@@ -374,10 +329,9 @@ def serve(settings: Settings, db: Database, stop: threading.Event) -> None:
     # in proxyDHCP mode another server owning the addresses is the point, not a rogue
     rogue = RogueWatch([] if settings.dhcp_proxy else server.interfaces, backend)
     rogue.open()
-    # the helpers stop after the receive loop, so ACKs already queued are still committed and sent
+    # the helpers stop after the receive loop (which commits and ACKs what it answered before the stop)
     halt = threading.Event()
     threads = [
-        threading.Thread(target=server.commit.run, args=(halt,), name="dhcp-commit", daemon=True),
         threading.Thread(
             target=_housekeeping, args=(backend, server.sent, halt), name="dhcp-refresh", daemon=True
         ),
