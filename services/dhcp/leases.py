@@ -124,8 +124,7 @@ class LeaseWriter:
                 # The engine opens SQLite in autocommit mode: the one statement is its own transaction
                 # (it takes the write lock as it starts, so busy_timeout applies), and synchronous=FULL
                 # makes its commit, at the end of the same step, the fsync the ACKs wait for. One call
-                # instead of BEGIN/INSERT/COMMIT: the committer then waits for the GIL once per batch
-                # instead of three times, which matters when the receive loop keeps the GIL busy.
+                # instead of BEGIN/INSERT/COMMIT: one round through the sqlite3 module instead of three.
                 cursor.execute(sql, params)
             else:
                 cursor.execute(sql, params)

@@ -232,7 +232,7 @@ class DhcpServer:
 
     def run(self, stop: threading.Event) -> None:
         """The receive loop. Everything a packet goes through is inlined here, on purpose: this runs for
-        every packet, and each Python call it saves is CPU the load generator or the committer gets."""
+        every packet, and each Python call it saves is CPU the load generator or the next commit gets."""
         poll = self.epoll.poll
         sockets = self.sockets
         answer = self.responder.answer
