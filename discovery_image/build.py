@@ -290,7 +290,7 @@ def compress_initrd(entries: list[Entry]) -> bytes:
 
 
 def choose_kernel(
-    vmlinuz: Path, kver: str, *, lz4: bool, kernel_cache: Path | None = None
+    vmlinuz: Path, kver: str, *, lz4: bool, kernel_cache: Path | None = None, image_cache: Path | None = None
 ) -> tuple[bytes, str]:
     """The kernel to ship: Debian's, re-wrapped with an LZ4 self-extractor when that can be built here
     (it unpacks in ~1 s instead of ~4 s under emulation), else Debian's xz bzImage; and a note saying which."""
@@ -298,7 +298,13 @@ def choose_kernel(
         return vmlinuz.read_bytes(), "xz: Debian's bzImage as packaged (--debian-kernel)"
     cache = kernel_cache or default_kernel_cache()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            if kernel_cache is not None or image_cache is None:
+                raise
+            cache = image_cache / "kernels"  # not root: keep it beside the image
+            cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build per machine; the others wait and reuse it
             path = rewrap.lz4_kernel(vmlinuz, kver, cache)
@@ -320,7 +326,9 @@ def build(
     cache = cache or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     kver, vmlinuz = find_kernel(kernel_version)
-    kernel, kernel_note = choose_kernel(vmlinuz, kver, lz4=lz4_kernel, kernel_cache=kernel_cache)
+    kernel, kernel_note = choose_kernel(
+        vmlinuz, kver, lz4=lz4_kernel, kernel_cache=kernel_cache, image_cache=cache
+    )
     entries = collect_entries(kver)
     bmc_entries = bmc_tool_entries(entries)
     digest = input_digest(
