@@ -45,6 +45,7 @@ _TYPE_VALUE = {kind: bytes((kind,)) for kind in range(1, 19)}
 _PACK_HEADER = HEADER_STRUCT.pack
 _OFFER_OPTION = bytes((53, 1, OFFER))
 _ACK_OPTION = bytes((53, 1, ACK))
+_DOMAIN_SEARCH = options.DOMAIN_SEARCH  # an int: `in` on the parameter request list bytes
 # vendor classes of netbooting clients (bootfile.is_netboot_client); they take the general path
 _NETBOOT_VENDORS = (b"PXEClient", b"HTTPClient")
 # relay agent information (echoed), client architecture and user class (netboot): the general path
@@ -87,12 +88,12 @@ class Responder:
         self.config = config
         # per (network id, server id): the options every reply on it carries, as a dict and pre-encoded,
         # with the NetworkInfo they were made from (a refreshed index brings new objects)
-        self._static: dict[tuple[int, int], tuple[NetworkInfo, dict[int, bytes], bytes]] = {}
+        self._static: dict[tuple[int, int, bool], tuple[NetworkInfo, dict[int, bytes], bytes]] = {}
         self._text: dict[int, str] = {}
         self._proxy_mode = config.proxy
         # fast path: per (network id, server id) the bytes after the header of an OFFER and of an ACK;
         # per relay address where its replies go
-        self._tails: dict[tuple[int, int], tuple[NetworkInfo, bytes, bytes]] = {}
+        self._tails: dict[tuple[int, int, bool], tuple[NetworkInfo, bytes, bytes]] = {}
         self._relay_destination: dict[int, tuple[str, int]] = {}
         self._lease_seconds = config.lease_seconds
 
@@ -155,19 +156,21 @@ class Responder:
             kind = ACK
             option = _ACK_OPTION
         hostname = binding.hostname
+        # the domain search list (119) only for clients that ask for it (iPXE, dhclient do), like ISC and Kea
+        search = _DOMAIN_SEARCH in opts.get(55, b"")
         data = _PACK_HEADER(
             BOOTREPLY, header[1], len(chaddr), 0, header[4], 0, header[6], ciaddr, binding.address, 0,
             giaddr, chaddr, b"", b"", MAGIC,
         )  # fmt: skip
         if hostname:
-            wire = self._static_options(network, iface.address)[1]
+            wire = self._static_options(network, iface.address, search)[1]
             data += option + encode_options({options.HOSTNAME: options.text(hostname)}, wire)
             if len(data) < MIN_REPLY:
                 data += bytes(MIN_REPLY - len(data))
         else:
-            tails = self._tails.get((network.id, iface.address))
+            tails = self._tails.get((network.id, iface.address, search))
             if tails is None or tails[0] is not network:
-                tails = self._make_tails(network, iface.address)
+                tails = self._make_tails(network, iface.address, search)
             data += tails[1] if kind == OFFER else tails[2]
         if giaddr:
             destination = self._relay_destination.get(giaddr) or self._to_relay(giaddr)
@@ -309,15 +312,17 @@ class Responder:
             text = self._text[address] = options.ip_text(address)
         return text
 
-    def _make_tails(self, network: NetworkInfo, server_id: int) -> tuple[NetworkInfo, bytes, bytes]:
+    def _make_tails(
+        self, network: NetworkInfo, server_id: int, search: bool
+    ) -> tuple[NetworkInfo, bytes, bytes]:
         """What follows the header of an OFFER and of an ACK without a host name on `network`: message
         type, the network's options, End, and the padding up to the BOOTP minimum (fast path)."""
         if len(self._tails) > 1024:
             self._tails.clear()
-        wire = self._static_options(network, server_id)[1] + bytes((OPT_END,))
+        wire = self._static_options(network, server_id, search)[1] + bytes((OPT_END,))
         pad = bytes(max(0, MIN_REPLY - HEADER_SIZE - len(_OFFER_OPTION) - len(wire)))
         tails = (network, _OFFER_OPTION + wire + pad, _ACK_OPTION + wire + pad)
-        self._tails[(network.id, server_id)] = tails
+        self._tails[(network.id, server_id, search)] = tails
         return tails
 
     def _to_relay(self, giaddr: int) -> tuple[str, int]:
@@ -326,8 +331,10 @@ class Responder:
         destination = self._relay_destination[giaddr] = (self._ip_text(giaddr), SERVER_PORT)
         return destination
 
-    def _static_options(self, network: NetworkInfo, server_id: int) -> tuple[dict[int, bytes], bytes]:
-        key = (network.id, server_id)
+    def _static_options(
+        self, network: NetworkInfo, server_id: int, search: bool
+    ) -> tuple[dict[int, bytes], bytes]:
+        key = (network.id, server_id, search)
         cached = self._static.get(key)
         if cached is not None and cached[0] is network:
             return cached[1], cached[2]
@@ -352,7 +359,8 @@ class Responder:
             static[options.NTP_SERVERS] = options.ip_list(network.ntp_servers)
         if network.mtu:
             static[options.MTU] = options.u16(network.mtu)
-        static[options.DOMAIN_SEARCH] = options.domain_search([domain])
+        if search:
+            static[options.DOMAIN_SEARCH] = options.domain_search([domain])
         wire = encode_options(static)[:-1]
         self._static[key] = (network, static, wire)
         return static, wire
@@ -369,7 +377,8 @@ class Responder:
         lease: bool = True,
     ) -> Outgoing:
         opts: dict[int, bytes] = {53: _TYPE_VALUE[kind]}
-        static, wire = self._static_options(network, iface.address)
+        search = _DOMAIN_SEARCH in packet.options.get(55, b"")
+        static, wire = self._static_options(network, iface.address, search)
         if not lease:
             # INFORM: configuration only, never a lease time (RFC 2131 §3.4)
             opts.update((k, v) for k, v in static.items() if k not in (51, 58, 59))

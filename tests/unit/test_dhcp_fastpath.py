@@ -77,6 +77,9 @@ def _random_packet(rng: random.Random) -> bytes:
         opts[77] = rng.choice([b"iPXE", b"\x04iPXE", b"other"])
     if rng.random() < 0.1:
         opts[82] = b"\x01\x04port"
+    if rng.random() < 0.6:
+        # with and without the domain search list (119), which is sent only when asked for
+        opts[55] = rng.choice([bytes((1, 3, 6, 15, 119)), bytes((1, 28, 2, 3, 15, 6, 12))])
     fields = {
         "ciaddr": rng.choice([0, 0, address]),
         "giaddr": rng.choice([0, 0, 0, 0x0A080002]),
@@ -132,3 +135,20 @@ def test_plain_discover_and_request_never_build_a_packet(
     ack = responder.answer(*parse_fields(request), IFACE, time.time())
     assert ack is not None and ack.lease is not None and ack.lease.address == address == 0x0A08000A
     assert ack.destination == ("10.8.0.2", 67)
+
+
+@pytest.mark.parametrize("requested", [True, False])
+def test_domain_search_list_goes_only_to_clients_that_ask_for_it(
+    sqlite_db: Database, requested: bool
+) -> None:
+    _setup(sqlite_db)
+    responder = _responder(sqlite_db)
+    prl = bytes((1, 3, 6, 15, 119)) if requested else bytes((1, 3, 6, 15))
+    for mac, vendor in (("525400000031", None), ("525400000032", b"PXEClient:Arch:00000:UNDI:002001")):
+        opts = {53: bytes((DISCOVER,)), 55: prl, **({60: vendor} if vendor else {})}
+        discover = encode(Packet(op=1, xid=3, chaddr=bytes.fromhex(mac), options=opts))
+        offer = responder.answer(*parse_fields(discover), IFACE, time.time())  # fast and general path
+        assert offer is not None and offer.data is not None
+        sent = parse(offer.data).options
+        assert (119 in sent) is requested
+        assert sent[15] == b"kiln.lab"  # the domain name itself is always there
