@@ -261,6 +261,20 @@ class Supervisor:
         return 1 if failed else 0
 
 
+def shared_process_settings(settings: Settings, running: list[str]) -> Settings:
+    """Settings for services that share this process. A responder that busy-polls (services/busypoll.py)
+    releases and retakes the GIL in a tight loop, and a thread of another service waiting for the GIL then
+    gets it only after the switch interval (5 ms): in one process, polling would slow the others down.
+    systemd runs each service in a process of its own, where polling is what makes TFTP fast."""
+    if len(running) > 1 and "tftp" in running and settings.tftp_busy_poll_us:
+        log.info(
+            "tftp: not busy-polling: it shares this process with %s",
+            ", ".join(n for n in running if n != "tftp"),
+        )
+        return settings.model_copy(update={"tftp_busy_poll_us": 0})
+    return settings
+
+
 @main.command("serve")
 @click.option("--only", default=None, metavar="NAMES", help="Run only these services (comma-separated).")
 @click.option("--skip", default=None, metavar="NAMES", help="Run every service but these (comma-separated).")
@@ -286,6 +300,7 @@ def serve_command(cli: CliContext, only: str | None, skip: str | None, stop_time
     if broken and (only or len(broken) == len(services)):
         raise click.exceptions.Exit(1)
     runnable = [s.name for s in services if s.serve is not None]
+    settings = shared_process_settings(cli.settings, runnable)
     db = cli.db
     metrics = start_metrics_server(cli.settings, runnable[0] if len(runnable) == 1 else "serve")
     click.echo(
@@ -295,7 +310,7 @@ def serve_command(cli: CliContext, only: str | None, skip: str | None, stop_time
         err=True,
     )
     try:
-        code = Supervisor(cli.settings, db, services, stop_timeout).run()
+        code = Supervisor(settings, db, services, stop_timeout).run()
     finally:
         stop_metrics_server()
         db.dispose()

@@ -133,3 +133,15 @@ def test_select_services_refuses_an_empty_selection() -> None:
         select_services(["web"], None, "web")
     with pytest.raises(click.BadParameter, match="unknown service nope"):
         select_services(["web"], None, "nope")
+
+
+def test_tftp_busy_polls_only_in_a_process_of_its_own() -> None:
+    from appliance.cli.serve import shared_process_settings
+    from appliance.config import Settings
+
+    settings = Settings(tftp_busy_poll_us=200)
+    assert shared_process_settings(settings, ["tftp"]).tftp_busy_poll_us == 200  # systemd: one per unit
+    assert shared_process_settings(settings, ["web", "dhcp"]).tftp_busy_poll_us == 200
+    # lab mode, benches: the poll loop would keep the GIL from web and DHCP
+    assert shared_process_settings(settings, ["web", "tftp"]).tftp_busy_poll_us == 0
+    assert settings.tftp_busy_poll_us == 200  # the caller's settings are not changed
