@@ -288,11 +288,11 @@ def lz4_kernel(vmlinuz: Path, kver: str, cache: Path) -> Path:
     """The LZ4 re-wrap of `vmlinuz`, from `cache` or built into it (one build at a time per cache)."""
     tarball, source_version = source_tarball(kver)
     data = vmlinuz.read_bytes()
-    target = cache / "kernels" / cache_key(data, source_version) / "vmlinuz"
+    target = cache / cache_key(data, source_version) / "vmlinuz"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".kernel-", dir=target.parent.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=cache) as tmp:
         image = rewrap(data, kver, tarball, Path(tmp))
         staged = Path(tmp) / "vmlinuz"
         staged.write_bytes(image)
