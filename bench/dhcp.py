@@ -52,9 +52,12 @@ POOL = ("10.50.1.0", "10.50.255.250")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process and its children (Kiln's lease committer) have used so far."""
+    total = 0.0
+    for each in _process_tree(pid):
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -80,12 +83,19 @@ class Step:
 PINNING: tuple[int, int] | None = None
 
 
+def _process_tree(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *(p for child in children for p in _process_tree(int(child)))]
+
+
 def pin_server(pid: int) -> None:
-    """Move every thread of the server process `pid` to the server's CPU."""
+    """Move every thread of the server process `pid`, and of its children (Kiln's lease committer), to
+    the server's CPU."""
     if PINNING is not None:
-        subprocess.run(
-            ["taskset", "-a", "-p", "-c", str(PINNING[1]), str(pid)], check=True, capture_output=True
-        )
+        for each in _process_tree(pid):
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", str(PINNING[1]), str(each)], check=True, capture_output=True
+            )
 
 
 def perfdhcp(
