@@ -6,8 +6,8 @@ discovery boot (~3.5 s of a ~10 s boot under QEMU TCG; DESIGN-NOTES.md). Here th
 is taken out of Debian's bzImage and wrapped again with the extractor built for LZ4, compiled from
 Debian's `linux-source-X.Y` package of the very same version with Debian's own config (only
 CONFIG_KERNEL_LZ4 differs). Nothing of the kernel proper is recompiled, and the build checks that the
-new bzImage's payload decompresses to exactly Debian's bytes, so Debian's modules, signatures-free
-module loading and behaviour are unchanged.
+new bzImage's payload decompresses to exactly Debian's bytes: the kernel that runs is Debian's, and
+Debian's modules load into it as they would into the packaged one.
 
 What gets compiled is arch/x86/boot (real-mode setup, the extractor, the EFI stub library): ~1 minute.
 Kbuild is given the payload instead of a vmlinux it would have to link: the top-level `vmlinux` is the
