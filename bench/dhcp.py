@@ -159,7 +159,11 @@ def run_dnsmasq(
     proc = server.popen(
         ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=eth0", "--bind-interfaces",
          f"--dhcp-range={POOL[0]},{POOL[1]},255.255.0.0,1h", "--dhcp-lease-max=16000000", "--no-ping",
-         f"--dhcp-leasefile={leases}", "--quiet-dhcp", f"--pid-file={workdir / 'dnsmasq.pid'}"],
+         f"--dhcp-leasefile={leases}", "--quiet-dhcp", f"--pid-file={workdir / 'dnsmasq.pid'}",
+         # the same options Kiln's replies carry for perfdhcp's request list (1, 28, 51, 54, 58, 59 by
+         # default; DNS server and domain as Kiln serves them; no router, the bench network has none), so
+         # both servers send equal replies and perfdhcp parses the same per reply
+         f"--dhcp-option=option:dns-server,{SERVER}", "--domain=kiln.lab", "--dhcp-option=option:router"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
