@@ -7,7 +7,8 @@ address) runs in another. For each rate of the ladder each server is started fre
 empty lease file) and perfdhcp asks for that many DORA exchanges per second (from one client or from
 new clients: --clients).
 A rate is sustained when both exchanges (DISCOVER-OFFER, REQUEST-ACK) lose < 1 % of their packets.
-dnsmasq runs with --dhcp-lease-max raised (its default of 1,000 leases caps it) and --no-ping; Kiln
+dnsmasq runs with --dhcp-lease-max raised (its default of 1,000 leases caps it), --no-ping, and the
+options Kiln's replies carry (DNS server, domain; no router), so both replies are equal; Kiln
 fsyncs every ACKed lease before the ACK leaves, up to 64 per fsync. dnsmasq, in its one thread,
 rewrites and fsyncs its whole lease file after nearly every new lease (strace here: 525 fsyncs for 585
 new leases), so with new clients on a busy disk it stalls; with one client coming back (perfdhcp's
